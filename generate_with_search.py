@@ -38,7 +38,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from http_client import RequestFailed, RetryPolicy, request_json
+from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Google search through serper.dev, with the result pages read for context (upstream's behaviour).
+"""The plugin's client for Google search through serper.dev (a client, despite upstream's module name).
+
+Result pages can be read for context, as upstream did.
 
 ``google_search`` asks serper.dev (``POST {"q", "num", "gl": "us", "hl": "en"}`` with the
 ``X-API-KEY`` header) for ``top_k`` organic results and returns them in the local backend's
@@ -29,8 +31,8 @@ from typing import Any
 import aiohttp
 import chardet
 
-from http_client import RequestFailed, RetryPolicy, request_json, shared_session
-from search_cache import CacheStats, PerLoop, SearchCache, check_search_args
+from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json, shared_session
+from search_r1_slime.search_cache import CacheStats, PerLoop, SearchCache, check_search_args
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Client of the local retrieval server (Search-R1's ``POST /retrieve``), built for GRPO load.
+"""The plugin's client of the local retrieval server (a client, despite upstream's module name).
+
+It speaks Search-R1's ``POST /retrieve`` and is built for GRPO load.
 
 A GRPO step fires hundreds of searches at once and the n samples of one prompt often ask the same
 thing. Upstream opened a session per search and sent one query per request, so the retriever
@@ -25,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from http_client import RequestFailed, RetryPolicy, request_json
-from search_cache import CacheStats, PerLoop, SearchCache, check_search_args
+from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
+from search_r1_slime.search_cache import CacheStats, PerLoop, SearchCache, check_search_args
 
 logger = logging.getLogger(__name__)
 

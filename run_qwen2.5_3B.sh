@@ -7,7 +7,7 @@
 #   HF_CKPT             Hugging Face checkpoint (SGLang, tokenizer)      /root/Qwen2.5-3B
 #   REF_CKPT            the same weights converted to torch_dist         /root/Qwen2.5-3B_torch_dist
 #   SAVE_CKPT           where --save/--load would point (commented out)  /root/Qwen2.5-3B_slime
-#   DATA_DIR            train.parquet / test.parquet from prepare_data.py
+#   DATA_DIR            train.parquet / test.parquet from search-r1-prepare-data
 #                                                                        /root/Search-R1/data/nq_hotpotqa_train
 #   SEARCH_R1_CONFIG    optional YAML with a `search_r1:` mapping (passed as --custom-config-path)
 #   NUM_GPUS            GPUs the Ray head offers                         8
@@ -63,14 +63,14 @@ if [[ ! -f "${REF_CKPT}/latest_checkpointed_iteration.txt" ]]; then
 fi
 TRAIN_DATA="${DATA_DIR}/train.parquet"
 if [[ ! -f "${TRAIN_DATA}" ]]; then
-   problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: python ${SCRIPT_DIR}/prepare_data.py --local-dir ${DATA_DIR} (or set DATA_DIR)."
+   problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} (or set DATA_DIR)."
 fi
 if [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
    problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} does not exist; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
 else
    # The plugin's own defaults plus the YAML decide the backend: the local retriever must answer
-   # /health, Google needs a serper.dev key. search_preflight prints one problem per line.
-   SEARCH_PREFLIGHT=(python3 -m search_preflight)
+   # /health, Google needs a serper.dev key. search_r1_slime.preflight prints one problem per line.
+   SEARCH_PREFLIGHT=(python3 -m search_r1_slime.preflight)
    if [[ -n "${SEARCH_R1_CONFIG}" ]]; then
       SEARCH_PREFLIGHT+=(--config "${SEARCH_R1_CONFIG}")
    fi
@@ -113,7 +113,7 @@ ROLLOUT_ARGS=(
    --rollout-max-response-len 512
    --rollout-temperature 1
 
-   # Evaluation during training (uncomment; evaluate.py does the same offline):
+   # Evaluation during training (uncomment; search-r1-evaluate does the same offline):
    # --eval-interval 25
    # --eval-prompt-data nq_test "${DATA_DIR}/test.parquet@[0:3000]"
    # --eval-input-key prompt

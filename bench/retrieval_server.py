@@ -37,8 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from local_dense_retriever.config import ServerConfig  # noqa: E402
-from local_dense_retriever.demo import minilm_path  # noqa: E402
+from local_dense_retriever.server_config import ServerConfig  # noqa: E402
+from search_r1_slime.demo import minilm_path  # noqa: E402
 
 DIM = 384
 SUBJECTS = ["the Eiffel Tower", "penicillin", "the Nile", "Mount Everest", "the Beatles", "Marie Curie",

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from http_client import close_shared_session
+from search_r1_slime.http_client import close_shared_session
 from local_search_server import local_search, local_search_stats
 from tests.fakes.retriever import FakeRetriever, doc
 

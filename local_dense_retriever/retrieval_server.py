@@ -1,4 +1,6 @@
-"""Command line of the retrieval server (accepts upstream's flags unchanged).
+"""Upstream's entry point of the retrieval server: its command line (upstream's flags unchanged).
+
+The server itself is built by ``local_dense_retriever.app.create_app``.
 
     python -m local_dense_retriever.retrieval_server \\
         --index_path e5_Flat.index --corpus_path wiki-18.jsonl --topk 3 \\
@@ -13,7 +15,7 @@ import sys
 
 import uvicorn
 
-from local_dense_retriever.config import ServerConfig
+from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.encoder_config import add_encoder_arguments
 from local_dense_retriever.logs import setup_logging
 

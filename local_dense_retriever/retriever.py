@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from local_dense_retriever.config import ServerConfig
+from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.corpus import CorpusStore
 
 

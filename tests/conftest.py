@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoTokenizer
 
-from http_client import close_shared_session
+from search_r1_slime.http_client import close_shared_session
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLang, Turn
 from tests.fakes.tokenizer import build_qwen_like_tokenizer

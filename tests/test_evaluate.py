@@ -12,8 +12,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import evaluate
-import prepare_data
+from search_r1_slime import evaluate
+from search_r1_slime import prepare_data
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLangPerPrompt, Turn
 
@@ -76,7 +76,7 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
         config = tmp_path / "search.yaml"
         config.write_text(f"search_r1:\n  max_turns: 2\n  local:\n    search_url: {retriever.search_url}\n")
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(REPO / "evaluate.py"),
+            sys.executable, "-m", "search_r1_slime.evaluate",
             "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(),
             "--config", str(config), "--output", str(output), "--max-concurrency", "2", "--no-progress",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

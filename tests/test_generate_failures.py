@@ -4,7 +4,7 @@ retried when a retry can help and end the sample honestly when it cannot."""
 import pytest
 
 from generate_with_search import INFORMATION_HEAD, INFORMATION_TAIL, SEARCH_FAILED_TEXT, generate
-from http_client import RequestFailed
+from search_r1_slime.http_client import RequestFailed
 from tests.fakes.sample import SAMPLE_CLASSES, NewSample, OldSample
 from tests.fakes.sglang import Turn
 from tests.test_generate_turns import ANSWER_TURN, HAMLET_OBS, SEARCH_TURN, assert_consistent

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from google_search_server import collect_context, google_search, google_search_stats, html_to_text
-from http_client import RequestFailed, close_shared_session
+from search_r1_slime.http_client import RequestFailed, close_shared_session
 from tests.fakes.pages import Page, PageServer, html_page
 from tests.fakes.serper import FakeSerper, organic
 

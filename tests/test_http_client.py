@@ -7,7 +7,7 @@ import time
 import pytest
 from aiohttp import web
 
-from http_client import RequestFailed, RetryPolicy, close_shared_session, request_json, shared_session
+from search_r1_slime.http_client import RequestFailed, RetryPolicy, close_shared_session, request_json, shared_session
 from tests.fakes.loopback import LoopbackServer
 
 FAST = RetryPolicy(max_attempts=4, deadline_s=5.0, attempt_timeout_s=1.0, backoff_base_s=0.01, backoff_max_s=0.02)

@@ -219,7 +219,7 @@ def test_dry_run_reports_every_missing_piece_as_a_warning(world, tmp_path):
         f"PYTHONPATH={empty}/Megatron-LM python tools/convert_hf_to_torch_dist.py ${{MODEL_ARGS[@]}} "
         f"--hf-checkpoint {empty}/hf --save {empty}/ref",
         f"training data not found: {empty}/data/train.parquet does not exist. Build it with: "
-        f"python {REPO}/prepare_data.py --local-dir {empty}/data",
+        f"PYTHONPATH={REPO} python -m search_r1_slime.prepare_data --local-dir {empty}/data",
         f"retrieval server http://127.0.0.1:{closed_port}/health is not answering",
         "ray is not on PATH",
     ]
@@ -274,7 +274,7 @@ def test_tis_lines_uncommented_give_a_working_tis_command(world, tmp_path):
         assert line in text
         text = text.replace(line, line.replace("# ", "", 1))
     script.write_text(text)
-    shutil.copy(REPO / "search_preflight.py", tmp_path)  # the script runs its own folder's modules
+    shutil.copytree(REPO / "search_r1_slime", tmp_path / "search_r1_slime")  # the script runs its own folder's modules
 
     # With a search config too, slime would silently drop one of the two YAML files.
     clash = run(env, script=script, DRY_RUN="1")
@@ -297,7 +297,7 @@ def test_tis_with_a_search_config_uses_one_merged_yaml(world, tmp_path):
     for line in ("   # --use-tis", "   # --custom-tis-function-path examples.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp"):
         text = text.replace(line, line.replace("# ", "", 1))
     script.write_text(text)
-    shutil.copy(REPO / "search_preflight.py", tmp_path)
+    shutil.copytree(REPO / "search_r1_slime", tmp_path / "search_r1_slime")
     merged = tmp_path / "my_run.yaml"
     merged.write_text("use_tis: true\ntis_level: token\ntis_upper_bound: 2.0\n" + Path(env["SEARCH_R1_CONFIG"]).read_text())
 

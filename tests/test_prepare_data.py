@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import prepare_data
+from search_r1_slime import prepare_data
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -147,7 +147,7 @@ def test_test_parquet_takes_test_else_dev_else_train_in_the_given_order(flashrag
 def test_command_line_with_search_r1_flag_names(flashrag, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, str(REPO / "prepare_data.py"), "--local_dir", str(out), "--data_sources", "hotpotqa",
+        [sys.executable, "-m", "search_r1_slime.prepare_data", "--local_dir", str(out), "--data_sources", "hotpotqa",
          "--test-sources", "bamboogle,popqa", "--flashrag-dir", str(flashrag)],
         capture_output=True, text=True, timeout=60,
     )

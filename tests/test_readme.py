@@ -7,8 +7,8 @@ import re
 import shlex
 from pathlib import Path
 
-import evaluate
-import prepare_data
+from search_r1_slime import evaluate
+from search_r1_slime import prepare_data
 from tests.test_evaluate import EXPECTED_TABLE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,12 +38,12 @@ def test_both_readmes_have_the_same_outline():
 def test_readme_commands_of_our_scripts_parse():
     for path in READMES:
         commands = bash_commands(path.read_text(encoding="utf-8"))
-        ours = {"prepare_data.py": prepare_data.build_parser(), "evaluate.py": evaluate.build_parser()}
+        ours = {"search-r1-prepare-data": prepare_data.build_parser(), "search-r1-evaluate": evaluate.build_parser()}
         seen = set()
         for argv in commands:
-            if argv[:1] == ["python"] and argv[1] in ours:
-                ours[argv[1]].parse_args(argv[2:])  # exits (SystemExit) on an unknown flag
-                seen.add(argv[1])
+            if argv[:1] and argv[0] in ours:
+                ours[argv[0]].parse_args(argv[1:])  # exits (SystemExit) on an unknown flag
+                seen.add(argv[0])
         assert seen == set(ours), path
 
 

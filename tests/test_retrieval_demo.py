@@ -13,7 +13,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from local_dense_retriever import demo
+from search_r1_slime import demo
 from local_dense_retriever.app import create_app
 
 

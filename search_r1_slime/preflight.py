@@ -1,6 +1,7 @@
 """Is the search backend the rollouts will use ready? Checked before hours of GPU time are spent.
 
-``run_qwen2.5_3B.sh`` runs ``python3 -m search_preflight [--config FILE.yaml]`` and ``evaluate.py``
+``run_qwen2.5_3B.sh`` runs ``python3 -m search_r1_slime.preflight [--config FILE.yaml]`` (also installed
+as ``search-r1-preflight``) and the evaluation
 calls ``search_problems()``. Both see the settings the plugin will use, resolved by the plugin's
 own ``resolve_config``: ``SEARCH_R1_CONFIGS`` with the YAML's ``search_r1:`` mapping (slime's
 ``--custom-config-path`` file) on top, so a typo in a key is reported here, before launch. For

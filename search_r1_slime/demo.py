@@ -1,6 +1,6 @@
 """A retrieval server that runs anywhere: the shipped demo corpus, served on CPU.
 
-    python -m local_dense_retriever.demo
+    search-r1-demo        (or: python -m search_r1_slime.demo)
 
 On first start it builds a flat index of ``data/demo_corpus.jsonl`` (326 short passages of real
 facts, written for this project in wiki-18 format) with all-MiniLM-L6-v2 as shipped by the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from local_dense_retriever.config import ServerConfig
+from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def prepare(data_dir: str | os.PathLike, *, corpus_path: Path = DEMO_CORPUS, sho
 
 async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: int, serve: bool) -> int:
     from generate_with_search import passages_to_string
-    from http_client import close_shared_session
+    from search_r1_slime.http_client import close_shared_session
     from local_dense_retriever.app import create_app
     from local_search_server import local_search
 

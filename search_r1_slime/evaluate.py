@@ -1,9 +1,9 @@
 """Evaluate a model on Search-R1's test set with the same agent loop it was trained with.
 
-    python evaluate.py --data data/test.parquet --hf-checkpoint /root/Qwen2.5-3B \\
+    search-r1-evaluate --data data/test.parquet --hf-checkpoint /root/Qwen2.5-3B \\
         --sglang-url http://127.0.0.1:30000 --config search.yaml --output eval.jsonl
 
-Every row of the parquet (``prepare_data.py``'s format) is rendered with the tokenizer's chat
+Every row of the parquet (``search-r1-prepare-data``'s format) is rendered with the tokenizer's chat
 template, as slime's ``--apply-chat-template`` does, and run through
 ``generate_with_search.generate`` against a running SGLang server and the configured search
 backend, at most ``--max-concurrency`` trajectories at once. Each trajectory goes to the JSONL file
@@ -89,7 +89,7 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     rows = pq.read_table(path).to_pylist()
     missing = {"prompt", "reward_model", "data_source"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"{path} lacks column(s) {sorted(missing)}: build it with prepare_data.py")
+        raise ValueError(f"{path} lacks column(s) {sorted(missing)}: build it with search-r1-prepare-data")
     return rows[:limit] if limit is not None else rows
 
 
@@ -134,7 +134,7 @@ async def run_evaluation(
 ) -> list[dict[str, Any]]:
     """Evaluate every row, writing each record to ``output`` as it finishes; returns the records."""
     from generate_with_search import load_tokenizer
-    from http_client import close_shared_session
+    from search_r1_slime.http_client import close_shared_session
 
     tokenizer = load_tokenizer(args.hf_checkpoint)
     # The paper's score is pure exact match, whatever format_score training used.
@@ -202,7 +202,7 @@ def _sglang_address(url: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="test.parquet from prepare_data.py")
+    parser.add_argument("--data", required=True, type=Path, help="test.parquet from search-r1-prepare-data")
     parser.add_argument("--hf-checkpoint", required=True, help="the served model's HF folder (its tokenizer is used)")
     parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address")
     parser.add_argument("--config", type=Path, help="YAML with a search_r1: mapping, as given to slime's --custom-config-path")
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if cli.max_concurrency < 1 or cli.max_response_len < 1:
         parser.error("--max-concurrency and --max-response-len must be at least 1")
 
-    from search_preflight import load_search_overrides, search_problems
+    from search_r1_slime.preflight import load_search_overrides, search_problems
 
     host, port = _sglang_address(cli.sglang_url)
     overrides = load_search_overrides(cli.config)

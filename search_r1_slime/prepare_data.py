@@ -1,7 +1,9 @@
 """Build Search-R1's train.parquet and test.parquet from FlashRAG's QA datasets, without verl.
 
-    python prepare_data.py --local-dir data/nq_hotpotqa_train                  # from the Hub
-    python prepare_data.py --local-dir data/nq_hotpotqa_train --flashrag-dir /data/FlashRAG_datasets
+    search-r1-prepare-data --local-dir data/nq_hotpotqa_train                  # from the Hub
+    search-r1-prepare-data --local-dir data/nq_hotpotqa_train --flashrag-dir /data/FlashRAG_datasets
+
+(``python -m search_r1_slime.prepare_data`` is the same command.)
 
 The rows are Search-R1's (``scripts/data_process/qa_search_{train,test}_merge.py``, template
 "base"), so a model trained there and here sees the same prompt, and slime reads them with
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         if sources:
             rows = write_parquet(args.local_dir / name, flashrag_dir, sources, split)
             logger.info("wrote %s: %d rows (%s)", args.local_dir / name, rows, ",".join(sources))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,4 +1,5 @@
-"""Everything the retrieval server needs to know, in one place (built from the CLI or by tests)."""
+"""The retrieval server's configuration (the plugin's is ``generate_with_search.SEARCH_R1_CONFIGS``):
+everything the server needs to know, in one place (built from the CLI or by tests)."""
 
 from __future__ import annotations
 
