@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from search_r1_slime.http_client import close_shared_session
 from local_search_server import local_search, local_search_stats
+from search_r1_slime.http_client import close_shared_session
 from tests.fakes.retriever import FakeRetriever, doc
 
 TOP_K = 3

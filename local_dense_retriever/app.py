@@ -21,8 +21,8 @@ from pydantic import ValidationError
 
 from local_dense_retriever.api import format_result, request_model
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
-from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.retriever import Hit, Retriever, load_retriever
+from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,8 @@ import bm25s
 import numpy as np
 import Stemmer
 
+from local_dense_retriever.retriever import SearchResult
+
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "search_r1_tokenizer.json"
@@ -57,16 +59,15 @@ class BM25Searcher:
     def size(self) -> int:
         return int(self.retriever.scores["num_docs"])
 
-    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and row ids, each ``(len(queries), k)``; id -1 marks a missing hit.
+    def search(self, queries: list[str], k: int) -> SearchResult:
+        """The top ``k`` passages of each query.
 
         Passages sharing no term with the query score 0 and are dropped (marked -1), as a Lucene
         search returns only matching documents.
         """
         tokens = _tokenize(queries, self.settings, show_progress=False)
         ids, scores = self.retriever.retrieve(tokens, k=k, show_progress=False)
-        ids = np.where(scores > 0, ids, -1)
-        return scores.astype(np.float32), ids.astype(np.int64)
+        return SearchResult(scores=scores.astype(np.float32), ids=np.where(scores > 0, ids, -1).astype(np.int64))
 
     def describe(self) -> dict:
         return {"index_type": "bm25s", "tokenizer": self.settings}

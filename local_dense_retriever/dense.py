@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import faiss
-import numpy as np
 
 from local_dense_retriever.encoder import Encoder
+from local_dense_retriever.retriever import SearchResult
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +72,10 @@ class DenseSearcher:
     def size(self) -> int:
         return int(self.index.ntotal)
 
-    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and row ids, each ``(len(queries), k)``; id -1 marks a missing hit."""
+    def search(self, queries: list[str], k: int) -> SearchResult:
         vectors = self.encoder.encode(queries, is_query=True)
-        return self.index.search(vectors, k)
+        scores, ids = self.index.search(vectors, k)
+        return SearchResult(scores=scores, ids=ids)
 
     def describe(self) -> dict:
         return {

@@ -15,9 +15,9 @@ import sys
 
 import uvicorn
 
-from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.encoder_config import add_encoder_arguments
 from local_dense_retriever.logs import setup_logging
+from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
 

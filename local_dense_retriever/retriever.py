@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.corpus import CorpusStore
+from local_dense_retriever.server_config import ServerConfig
+
+
+class SearchResult(NamedTuple):
+    """What a searcher finds for a batch of queries: two ``(len(queries), k)`` arrays, best first.
+
+    ``ids`` are corpus row numbers (int64), -1 where the index has no further hit; ``scores`` are
+    float32, higher is better.
+    """
+
+    scores: np.ndarray
+    ids: np.ndarray
 
 
 class Searcher(Protocol):
     size: int
 
-    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and row ids, each ``(len(queries), k)``, best first; id -1 marks a missing hit."""
-        ...
+    def search(self, queries: list[str], k: int) -> SearchResult: ...
 
     def describe(self) -> dict: ...
 
@@ -44,7 +53,7 @@ class Retriever:
 
     def retrieve(self, queries: list[str], k: int) -> list[list[Hit]]:
         """The top ``k`` passages for each query, best first (fewer when the index has fewer hits)."""
-        scores, ids = self.searcher.search(queries, k)
+        scores, ids = self.searcher.search(queries, k)  # a SearchResult
         found = ids >= 0
         # One vectorised lookup for the whole batch, then split back per query.
         documents = iter(self.corpus.get(ids[found].tolist()))

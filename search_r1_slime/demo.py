@@ -20,8 +20,8 @@ from pathlib import Path
 
 import uvicorn
 
-from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.logs import setup_logging
+from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +64,9 @@ def prepare(data_dir: str | os.PathLike, *, corpus_path: Path = DEMO_CORPUS, sho
 
 async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: int, serve: bool) -> int:
     from generate_with_search import passages_to_string
-    from search_r1_slime.http_client import close_shared_session
     from local_dense_retriever.app import create_app
     from local_search_server import local_search
+    from search_r1_slime.http_client import close_shared_session
 
     # The socket is bound here, so a busy port is a one-line message rather than uvicorn's exit.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

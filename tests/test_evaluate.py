@@ -12,8 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from search_r1_slime import evaluate
-from search_r1_slime import prepare_data
+from search_r1_slime import evaluate, prepare_data
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLangPerPrompt, Turn
 

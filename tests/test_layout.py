@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
-import tomllib
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 # The names slime's example and Search-R1 users know; nothing else of ours is a top-level module.

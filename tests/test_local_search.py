@@ -9,8 +9,8 @@ import time
 import pytest
 from aiohttp import web
 
-from search_r1_slime.http_client import RequestFailed, close_shared_session
 from local_search_server import local_search, local_search_stats, parse_retrieve_response
+from search_r1_slime.http_client import RequestFailed, close_shared_session
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.retriever import FakeRetriever, doc
 

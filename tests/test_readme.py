@@ -7,8 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
-from search_r1_slime import evaluate
-from search_r1_slime import prepare_data
+from search_r1_slime import evaluate, prepare_data
 from tests.test_evaluate import EXPECTED_TABLE
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from search_r1_slime import demo
 from local_dense_retriever.app import create_app
+from search_r1_slime import demo
 
 
 @pytest.fixture(scope="module")

@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 
 from local_dense_retriever.app import create_app
 from local_dense_retriever.bm25 import build_bm25_index
-from local_dense_retriever.server_config import ServerConfig
 from local_dense_retriever.corpus import CorpusStore
 from local_dense_retriever.encoder import Encoder
 from local_dense_retriever.index_builder import build_dense_index
 from local_dense_retriever.retriever import load_retriever
+from local_dense_retriever.server_config import ServerConfig
 from tests.fakes.encoders import make_tiny_bert
 
 FACTS = [
