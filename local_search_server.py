@@ -178,7 +178,7 @@ async def _retrieve(route: _Route, queries: list[str], state: _LoopState) -> lis
     """Send one batch, failing over between servers; return one document list per query."""
     state.batches += 1
     # return_scores=True on purpose: upstream's server unpacks a two-query answer without scores
-    # as (results, scores) and returns garbage (GUIDE §4.8); the scored shape is always right.
+    # as (results, scores) and returns garbage (docs/protocols.md, "The retrieval API"); the scored shape is always right.
     payload = {"queries": queries, "topk": route.top_k, "return_scores": True}
     deadline = time.monotonic() + route.timeout - route.batch_wait
     order = state.servers_in_order(route.servers)

@@ -1,4 +1,4 @@
-"""The ``/retrieve`` wire format (Search-R1's, GUIDE §3): request validation and response shapes.
+"""The ``/retrieve`` wire format (Search-R1's; docs/protocols.md, "The retrieval API"): request validation and response shapes.
 
 Request: ``{"queries": [str, ...], "topk": int | null, "return_scores": bool}``.
 Response: ``{"result": [per-query list]}`` where an item is the passage (``{"id", "contents"}``)

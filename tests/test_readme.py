@@ -49,3 +49,12 @@ def test_readme_commands_of_our_scripts_parse():
 def test_readme_shows_the_table_evaluate_prints():
     for path in READMES:
         assert EXPECTED_TABLE in path.read_text(encoding="utf-8")
+
+
+def test_every_module_is_in_both_readmes_file_tables():
+    modules = [p for p in (*REPO.glob("*.py"), *REPO.glob("local_dense_retriever/*.py"), *REPO.glob("search_r1_slime/*.py"))
+               if p.name != "__init__.py"]
+    for path in READMES:
+        text = path.read_text(encoding="utf-8")
+        missing = [m.name for m in modules if f"{m.name}`" not in text]
+        assert not missing, f"{path.name} does not say what these modules are for: {missing}"

@@ -1,4 +1,4 @@
-"""A stand-in for Search-R1's retrieval server: ``POST /retrieve`` as GUIDE §3 describes it.
+"""A stand-in for Search-R1's retrieval server: ``POST /retrieve`` as docs/protocols.md describes it.
 
 ``corpus`` maps a query to its documents (``{"id", "contents"}`` dicts, best first); an unknown
 query gets a 500, so a test never mistakes a wrong query for an empty result. ``requests`` records

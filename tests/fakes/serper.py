@@ -1,4 +1,4 @@
-"""A stand-in for serper.dev's ``POST /search`` (GUIDE §3), strict about the protocol.
+"""A stand-in for serper.dev's ``POST /search`` (docs/protocols.md, "serper.dev"), strict about the protocol.
 
 ``results`` maps a query to its ``organic`` items (``title``, ``link``, ``snippet``). A request
 without the right ``X-API-KEY`` gets a 403, a body other than exactly ``{"q", "num", "gl": "us",

@@ -1,6 +1,6 @@
 """A stand-in for SGLang's native ``POST /generate`` that serves scripted model turns.
 
-It speaks the wire protocol of SGLang's ``GenerateReqInput`` and its response (GUIDE §2) and
+It speaks the wire protocol of SGLang's ``GenerateReqInput`` and its response (docs/protocols.md, "SGLang /generate") and
 decides when to stop the way ``Req.check_finished`` does, token by token: an abort first, then
 ``max_new_tokens`` (finish ``length``), then a stop token (``stop_token_ids`` or EOS unless
 ``ignore_eos``; finish ``stop`` with the token id as ``matched``), then stop strings (finish
