@@ -42,12 +42,13 @@ def _ratio(metrics: dict[str, float], name: str, part: float, whole: float) -> N
 
 
 def _exact_match(sample: Any) -> int | None:
-    """EM of the response's answer (0 without one); None when the sample has no gold answers."""
+    """EM of the answer a model turn gave (0 without one); None when the sample has no gold answers."""
     try:
         targets = sample.label["ground_truth"]["target"]
     except (TypeError, KeyError):
         return None
-    answer = extract_solution(sample.response)
+    # An observation is never an answer: the invalid-action message holds "<answer> and </answer>".
+    answer = extract_solution(sample.response) if sample.metadata["search_r1"]["answered"] else None
     return 0 if answer is None else em_check(answer, targets)
 
 
