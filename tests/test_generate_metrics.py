@@ -1,13 +1,14 @@
 """The per-trajectory metrics the turn loop records for the log hooks: Search-R1's action
 accounting (every model turn is an action; answers count only in model turns), no-result
-searches and search latencies."""
+searches, search latencies and the local client's counters; and the hook's reading of them."""
 
 import pytest
 
 from generate_with_search import INVALID_ACTION_MESSAGE, generate
+from search_r1_slime.rollout_metrics import rollout_metrics
 from tests.fakes.sample import SAMPLE_CLASSES, NewSample
 from tests.fakes.sglang import Turn
-from tests.test_generate_turns import SEARCH_TURN
+from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
 
 RAMBLING = "I think it is Shakespeare."
 
@@ -44,3 +45,34 @@ async def test_failed_searches_have_latencies_too(world):
     metrics = sample.metadata["search_r1"]
     assert (metrics["searches"], metrics["search_failures"], metrics["search_no_results"]) == (1, 1, 0)
     assert len(metrics["search_latencies"]) == 1 and metrics["search_latencies"][0] <= 1.0
+
+
+async def test_the_hook_reads_what_real_trajectories_recorded(world):
+    # Two trajectories of one question, one after the other: the second search is a cache hit.
+    await world.serve([Turn(SEARCH_TURN), Turn(ANSWER_TURN)] * 2)
+    samples = []
+    for _ in range(2):
+        world.sglang.expect_fresh_start(world.prompt_ids)
+        samples.append(await generate(world.args(), world.sample(NewSample), world.sampling_params()))
+
+    metrics = rollout_metrics(samples)
+    latencies = [s.metadata["search_r1"]["search_latencies"][0] for s in samples]
+    assert metrics.pop("search_r1/search_latency/p50") == pytest.approx(sum(latencies) / 2)
+    assert metrics.pop("search_r1/search_latency/p99") == pytest.approx(min(latencies) + 0.99 * abs(latencies[1] - latencies[0]))
+    assert metrics == {
+        "search_r1/searches_per_trajectory/mean": 1.0,
+        "search_r1/searches_per_trajectory/max": 1.0,
+        "search_r1/actions_per_trajectory/mean": 2.0,
+        "search_r1/actions_per_trajectory/max": 2.0,
+        "search_r1/actions_per_trajectory/min": 2.0,
+        "search_r1/answer_ratio": 1.0,
+        "search_r1/valid_action_ratio": 1.0,
+        "search_r1/failed_search_ratio": 0.0,
+        "search_r1/no_result_ratio": 0.0,
+        "search_r1/obs_truncated_ratio": 0.0,
+        "search_r1/local/cache_hit_ratio": 0.5,
+        "search_r1/local/in_flight_share_ratio": 0.0,
+        "search_r1/local/retriever_requests_per_query": 0.5,
+        "search_r1/exact_match": 1.0,
+    }
+    assert world.retriever.queries_received == ["who wrote hamlet"]
