@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import logging
 import re
+import time
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -231,6 +233,7 @@ async def search(query: str, config: Mapping[str, Any]) -> list[dict]:
 
 async def _information_body(query: str, config: Mapping[str, Any], metrics: dict[str, Any]) -> str:
     metrics["searches"] += 1
+    started = time.monotonic()
     try:
         async with _search_semaphore(config["search_concurrency"]):
             results = await search(query, config)
@@ -238,7 +241,21 @@ async def _information_body(query: str, config: Mapping[str, Any], metrics: dict
         metrics["search_failures"] += 1
         logger.warning("search for %r failed; the model is told so: %s", query, exc)
         return SEARCH_FAILED_TEXT
-    return passages_to_string(results).strip() or NO_RESULTS_TEXT
+    finally:
+        # What the trajectory waited, the wait for a search slot included.
+        metrics["search_latencies"].append(time.monotonic() - started)
+    body = passages_to_string(results).strip()
+    if not body:
+        metrics["search_no_results"] += 1
+    return body or NO_RESULTS_TEXT
+
+
+def _client_stats() -> dict[str, int]:
+    """The local client's counters of this event loop; a rollout's share is read off the samples'
+    first and last snapshots (search_r1_slime.rollout_metrics)."""
+    from local_search_server import local_search_stats
+
+    return dataclasses.asdict(local_search_stats())
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -313,7 +330,19 @@ def _append(sample: Any, args: Any, ids: list[int], log_probs: list[float] | Non
 
 
 def _new_metrics() -> dict[str, Any]:
-    return {"turns": 0, "searches": 0, "search_failures": 0, "invalid_actions": 0, "obs_truncated": 0}
+    return {
+        "turns": 0, "searches": 0, "search_failures": 0, "invalid_actions": 0, "obs_truncated": 0,
+        # Search-R1's action accounting: every finished model turn is an action.
+        "actions": 0, "valid_actions": 0, "answered": False,
+        "search_no_results": 0, "search_latencies": [],
+    }
+
+
+def _count_action(metrics: dict[str, Any], action: str | None) -> None:
+    """One finished model turn: valid when it holds a search or answer pair."""
+    metrics["actions"] += 1
+    metrics["valid_actions"] += int(action is not None)
+    metrics["answered"] = metrics["answered"] or action == "answer"
 
 
 def _start(args: Any, sample: Any, tokenizer) -> dict[str, Any]:
@@ -394,6 +423,9 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> A
         raise ValueError(f"sampling_params['max_new_tokens'] must be a positive int (the response budget), got {budget!r}")
     metrics = _start(args, sample, tokenizer)
     turn_text = metrics.pop("partial_turn_text", "")
+    local_backend = config["search_backend"] == "local"
+    if local_backend:
+        metrics["client_stats_start"] = _client_stats()
     # no_stop_trim: the closing tag must stay in the text (slime sets it too); a trimmed text would
     # hide the action from the parser while its tokens are still in the response.
     request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop")), "no_stop_trim": True}
@@ -423,9 +455,11 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> A
                 sample.status = Status.ABORTED
                 break
             if finish == "length":
+                _count_action(metrics, parse_action(turn_text)[0])
                 sample.status = Status.TRUNCATED
                 break
         action, content = parse_action(turn_text)
+        _count_action(metrics, action)
         turn_text = ""
         if action == "answer" or metrics["turns"] >= config["max_turns"]:
             sample.status = Status.COMPLETED
@@ -441,6 +475,8 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> A
         metrics["obs_truncated"] += int(cut)
         _append(sample, args, obs_ids, None, obs_text, None)
 
+    if local_backend:
+        metrics["client_stats_end"] = _client_stats()
     if not config["return_logprob"]:
         sample.rollout_log_probs = None
     return sample

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import string
+from collections import Counter
 from collections.abc import Iterable, Mapping
 
 _TAGS = ("think", "search", "information", "answer")
@@ -66,6 +67,34 @@ def subem_check(prediction: str, golden_answers: str | Iterable[str]) -> int:
     """1 if any normalised gold answer is a substring of the normalised prediction, else 0."""
     prediction = normalize_answer(prediction)
     return int(any(normalize_answer(gold) in prediction for gold in _as_list(golden_answers)))
+
+
+def f1_score(prediction: str, golden_answers: str | Iterable[str]) -> float:
+    """SQuAD token F1 of the normalised prediction, the best over the gold answers.
+
+    Tokens are the words of ``normalize_answer``; overlap counts repeated words as often as both
+    sides have them. An empty prediction scores 0.
+    """
+    predicted = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in _as_list(golden_answers):
+        expected = normalize_answer(gold).split()
+        overlap = sum((Counter(predicted) & Counter(expected)).values())
+        if overlap:
+            precision, recall = overlap / len(predicted), overlap / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def cover_em_check(prediction: str, golden_answers: str | Iterable[str]) -> int:
+    """1 if a normalised gold answer occurs in the normalised prediction as whole words, else 0.
+
+    "Cover EM": the prediction covers the answer, e.g. "William Shakespeare" covers
+    "Shakespeare". Unlike ``subem_check`` (a character substring) a gold answer must match whole
+    words in order, so "art" is not covered by "start".
+    """
+    predicted = f" {normalize_answer(prediction)} "
+    return int(any(gold and f" {gold} " in predicted for gold in map(normalize_answer, _as_list(golden_answers))))
 
 
 def is_valid_sequence(response: str) -> tuple[bool, str]:

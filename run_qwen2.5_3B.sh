@@ -10,6 +10,10 @@
 #   DATA_DIR            train.parquet / test.parquet from search-r1-prepare-data
 #                                                                        /root/Search-R1/data/nq_hotpotqa_train
 #   SEARCH_R1_CONFIG    optional YAML with a `search_r1:` mapping (passed as --custom-config-path)
+#   EVAL_PER_SOURCE     rows of each test data set to evaluate every EVAL_INTERVAL rollouts    0 (off)
+#                       (DATA_DIR/test_<source>.parquet from search-r1-prepare-data --per-source-test)
+#   EVAL_SOURCES        data sets evaluated      nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle
+#   EVAL_INTERVAL       rollouts between two evaluations                 25
 #   NUM_GPUS            GPUs the Ray head offers                         8
 #   MASTER_ADDR         address the Ray head binds                       127.0.0.1
 #   RAY_DASHBOARD_PORT  Ray dashboard / job API port                     8265
@@ -31,6 +35,9 @@ REF_CKPT="${REF_CKPT:-/root/Qwen2.5-3B_torch_dist}"
 SAVE_CKPT="${SAVE_CKPT:-/root/Qwen2.5-3B_slime}"
 DATA_DIR="${DATA_DIR:-/root/Search-R1/data/nq_hotpotqa_train}"
 SEARCH_R1_CONFIG="${SEARCH_R1_CONFIG:-}"
+EVAL_PER_SOURCE="${EVAL_PER_SOURCE:-0}"
+EVAL_SOURCES="${EVAL_SOURCES:-nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle}"
+EVAL_INTERVAL="${EVAL_INTERVAL:-25}"
 NUM_GPUS="${NUM_GPUS:-8}"
 MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
@@ -64,6 +71,30 @@ fi
 TRAIN_DATA="${DATA_DIR}/train.parquet"
 if [[ ! -f "${TRAIN_DATA}" ]]; then
    problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} (or set DATA_DIR)."
+fi
+# Periodic evaluation: every data set on its own (slime logs eval/<source>, the eval-log hook adds
+# eval/<source>/search_r1/exact_match), on its first EVAL_PER_SOURCE rows so it stays cheap.
+EVAL_ARGS=()
+if [[ ! "${EVAL_PER_SOURCE}" =~ ^[0-9]+$ ]]; then
+   problem "EVAL_PER_SOURCE=${EVAL_PER_SOURCE} must be a number of rows per data set (0 turns evaluation off)."
+elif ((EVAL_PER_SOURCE > 0)); then
+   EVAL_ARGS=(--eval-interval "${EVAL_INTERVAL}" --eval-prompt-data)
+   IFS=',' read -r -a eval_sources <<<"${EVAL_SOURCES}"
+   for source in "${eval_sources[@]}"; do
+      eval_file="${DATA_DIR}/test_${source}.parquet"
+      if [[ ! -f "${eval_file}" ]]; then
+         problem "evaluation data not found: ${eval_file} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} --train-sources '' --test-sources ${EVAL_SOURCES} --per-source-test (or set EVAL_SOURCES, or EVAL_PER_SOURCE=0)."
+      fi
+      EVAL_ARGS+=("${source}" "${eval_file}@[0:${EVAL_PER_SOURCE}]")
+   done
+   # Greedy, one sample per question, as Search-R1 validated.
+   EVAL_ARGS+=(
+      --eval-input-key prompt
+      --eval-label-key reward_model
+      --n-samples-per-eval-prompt 1
+      --eval-temperature 0
+      --custom-eval-rollout-log-function-path search_r1_slime.rollout_metrics.log_eval_rollout_data
+   )
 fi
 if [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
    problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} does not exist; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
@@ -113,12 +144,7 @@ ROLLOUT_ARGS=(
    --rollout-max-response-len 512
    --rollout-temperature 1
 
-   # Evaluation during training (uncomment; search-r1-evaluate does the same offline):
-   # --eval-interval 25
-   # --eval-prompt-data nq_test "${DATA_DIR}/test.parquet@[0:3000]"
-   # --eval-input-key prompt
-   # --eval-label-key reward_model
-   # --n-samples-per-eval-prompt 1
+   # Evaluation during training: set EVAL_PER_SOURCE (EVAL_ARGS above).
 
    --global-batch-size 256
    --balance-data
@@ -189,6 +215,8 @@ MISC_ARGS=(
 CUSTOM_ARGS=(
    --custom-generate-function-path generate_with_search.generate
    --custom-rm-path generate_with_search.reward_func
+   # search_r1/* metrics (searches, failures, valid actions, EM, ...) beside slime's rollout/*.
+   --custom-rollout-log-function-path search_r1_slime.rollout_metrics.log_rollout_data
 
    # TIS: uncomment both lines (and --use-tis above). slime reads ONE --custom-config-path: if
    # you also use SEARCH_R1_CONFIG, leave the first line commented and put mis.yaml's keys into
@@ -208,6 +236,7 @@ TRAIN_ARGS=(
    "${MODEL_ARGS[@]}"
    "${CKPT_ARGS[@]}"
    "${ROLLOUT_ARGS[@]}"
+   "${EVAL_ARGS[@]}"
    "${OPTIMIZER_ARGS[@]}"
    "${GRPO_ARGS[@]}"
    "${WANDB_ARGS[@]}"

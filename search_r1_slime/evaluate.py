@@ -7,9 +7,13 @@ Every row of the parquet (``search-r1-prepare-data``'s format) is rendered with 
 template, as slime's ``--apply-chat-template`` does, and run through
 ``generate_with_search.generate`` against a running SGLang server and the configured search
 backend, at most ``--max-concurrency`` trajectories at once. Each trajectory goes to the JSONL file
-as soon as it ends (prompt, response, extracted answer, reward, searches, status, ...). The score
-is the paper's: exact match of the answer, no format credit (``format_score`` 0), printed per
-``data_source`` and averaged over the data sets in the layout of Search-R1's results table.
+as soon as it ends (prompt, response, extracted answer, scores, searches, status, ...). Sampling is
+greedy by default, as Search-R1 evaluated. The answer a model turn gave is scored by exact match
+(the paper's score: no format credit), token F1 and cover EM (``qa_em``), per ``data_source`` and
+averaged over the data sets, in the layout of Search-R1's results table with the paper's
+Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: the scores are then
+means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
+A JSON summary of the table is written next to the JSONL.
 
 slime is not needed: samples are a small record with the fields of slime's ``Sample`` that the
 plugin uses (it takes the path it takes on older slime versions).
@@ -22,7 +26,8 @@ import asyncio
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,6 +48,11 @@ PAPER_COLUMNS = {
     "2wikimultihopqa": "2Wiki",
     "musique": "Musique",
     "bamboogle": "Bamboogle",
+}
+# Search-R1 paper (Jin et al., 2025), results table, Qwen2.5-3B trained with GRPO: EM per data set.
+PAPER_ROWS = {
+    "Search-R1 GRPO-Base": dict(zip(PAPER_COLUMNS, (0.421, 0.583, 0.413, 0.297, 0.274, 0.066, 0.128))),
+    "Search-R1 GRPO-Instruct": dict(zip(PAPER_COLUMNS, (0.397, 0.565, 0.391, 0.331, 0.310, 0.124, 0.232))),
 }
 
 
@@ -94,27 +104,33 @@ def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 async def evaluate_row(
-    index: int, row: dict[str, Any], tokenizer, args: SimpleNamespace, score_args: SimpleNamespace, params: dict
+    index: int, sample_index: int, row: dict[str, Any], tokenizer, args: SimpleNamespace, params: dict
 ) -> dict[str, Any]:
     """Run one trajectory and score it; returns its JSONL record."""
-    from generate_with_search import generate, reward_func
-    from qa_em import extract_solution
+    from generate_with_search import generate
+    from qa_em import cover_em_check, em_check, extract_solution, f1_score
 
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     sample = EvalSample(prompt=prompt, label=row["reward_model"])
     sample = await generate(args, sample, dict(params))
-    reward = await reward_func(score_args, sample)
     metrics = sample.metadata.get("search_r1", {})
+    golden_answers = row["reward_model"]["ground_truth"]["target"]
+    # Only a model turn's answer counts: the invalid-action message the model may have been shown
+    # holds "<answer> and </answer>" too, which the training reward would read as an answer.
+    answer = extract_solution(sample.response) if metrics.get("answered") else None
     return {
         "index": index,
+        "sample": sample_index,
         "id": row.get("id"),
         "data_source": row["data_source"],
         "question": row.get("question"),
-        "golden_answers": row["reward_model"]["ground_truth"]["target"],
+        "golden_answers": golden_answers,
         "prompt": prompt,
         "response": sample.response,
-        "answer": extract_solution(sample.response),
-        "reward": reward,
+        "answer": answer,
+        "em": em_check(answer, golden_answers) if answer is not None else 0,
+        "f1": f1_score(answer, golden_answers) if answer is not None else 0.0,
+        "cover_em": cover_em_check(answer, golden_answers) if answer is not None else 0,
         "status": sample.status.value,
         "response_length": sample.response_length,
         "turns": metrics.get("turns"),
@@ -131,25 +147,25 @@ async def run_evaluation(
     output: Path,
     max_concurrency: int,
     progress: bool = True,
+    n_samples: int = 1,
 ) -> list[dict[str, Any]]:
-    """Evaluate every row, writing each record to ``output`` as it finishes; returns the records."""
+    """Evaluate every row ``n_samples`` times, writing each record to ``output`` as it finishes;
+    returns the records in (row, sample) order."""
     from generate_with_search import load_tokenizer
     from search_r1_slime.http_client import close_shared_session
 
     tokenizer = load_tokenizer(args.hf_checkpoint)
-    # The paper's score is pure exact match, whatever format_score training used.
-    score_args = SimpleNamespace(**{**vars(args), "search_r1": {**args.search_r1, "format_score": 0.0}})
     semaphore = asyncio.Semaphore(max_concurrency)
 
-    async def bounded(index: int, row: dict[str, Any]) -> dict[str, Any]:
+    async def bounded(index: int, sample_index: int, row: dict[str, Any]) -> dict[str, Any]:
         async with semaphore:
-            return await evaluate_row(index, row, tokenizer, args, score_args, params)
+            return await evaluate_row(index, sample_index, row, tokenizer, args, params)
 
     records = []
     output.parent.mkdir(parents=True, exist_ok=True)
-    tasks = [asyncio.ensure_future(bounded(i, row)) for i, row in enumerate(rows)]
+    tasks = [asyncio.ensure_future(bounded(i, k, row)) for i, row in enumerate(rows) for k in range(n_samples)]
     try:
-        with open(output, "w", encoding="utf-8") as out, tqdm(total=len(rows), disable=not progress, desc="eval") as bar:
+        with open(output, "w", encoding="utf-8") as out, tqdm(total=len(tasks), disable=not progress, desc="eval") as bar:
             for finished in asyncio.as_completed(tasks):
                 record = await finished
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -160,37 +176,101 @@ async def run_evaluation(
         for task in tasks:
             task.cancel()
         await close_shared_session()
-    return sorted(records, key=lambda r: r["index"])
+    return sorted(records, key=lambda r: (r["index"], r["sample"]))
 
 
-def exact_match_by_source(records: list[dict[str, Any]]) -> dict[str, tuple[float, int]]:
-    """data_source -> (mean EM, number of questions), paper data sets first, others after."""
-    scores: dict[str, list[float]] = {}
+@dataclass(frozen=True)
+class SourceScores:
+    """One data set's scores: means over every sample of every question (mean@K), and the share
+    of questions with at least one exact match among their samples (pass@K)."""
+
+    questions: int
+    em: float
+    f1: float
+    cover_em: float
+    em_pass: float
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def scores_by_source(records: list[dict[str, Any]]) -> dict[str, SourceScores]:
+    """data_source -> its scores, paper data sets first (in the paper's order), others after."""
+    by_source: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        scores.setdefault(record["data_source"], []).append(record["reward"])
-    order = [s for s in PAPER_COLUMNS if s in scores] + sorted(s for s in scores if s not in PAPER_COLUMNS)
-    return {source: (sum(scores[source]) / len(scores[source]), len(scores[source])) for source in order}
+        by_source.setdefault(record["data_source"], []).append(record)
+    order = [s for s in PAPER_COLUMNS if s in by_source] + sorted(s for s in by_source if s not in PAPER_COLUMNS)
+    scores = {}
+    for source in order:
+        best: dict[int, int] = {}
+        for record in by_source[source]:
+            best[record["index"]] = max(best.get(record["index"], 0), record["em"])
+        scores[source] = SourceScores(
+            questions=len(best),
+            em=_mean(r["em"] for r in by_source[source]),
+            f1=_mean(r["f1"] for r in by_source[source]),
+            cover_em=_mean(r["cover_em"] for r in by_source[source]),
+            em_pass=_mean(best.values()),
+        )
+    return scores
 
 
-def format_table(em: dict[str, tuple[float, int]]) -> str:
+def format_table(scores: dict[str, SourceScores], n_samples: int = 1) -> str:
     """A Markdown table in the paper's layout; data sets not evaluated show '-'.
 
-    Avg is the unweighted mean over the data sets that were evaluated, as in the paper.
+    Avg is the unweighted mean over the data sets evaluated, as in the paper. When any of the
+    paper's data sets was evaluated, its Qwen2.5-3B rows follow for those data sets; their Avg is
+    shown when every data set evaluated is one of the paper's.
     """
-    sources = list(PAPER_COLUMNS) + [s for s in em if s not in PAPER_COLUMNS]
+    sources = list(PAPER_COLUMNS) + [s for s in scores if s not in PAPER_COLUMNS]
     titles = [PAPER_COLUMNS.get(s, s) for s in sources] + ["Avg"]
-    cells = [f"{em[s][0]:.3f}" if s in em else "-" for s in sources]
-    counts = [str(em[s][1]) if s in em else "-" for s in sources]
-    average = sum(score for score, _ in em.values()) / len(em) if em else 0.0
-    cells.append(f"{average:.3f}")
-    counts.append(str(sum(n for _, n in em.values())))
-    widths = [max(len(t), len(c), len(n)) for t, c, n in zip(titles, cells, counts)]
+
+    def score_row(values: dict[str, float], average: bool = True) -> list[str]:
+        cells = [f"{values[s]:.3f}" if s in values else "-" for s in sources]
+        return cells + [f"{_mean(values.values()):.3f}" if values and average else "-"]
+
+    suffix = f" mean@{n_samples}" if n_samples > 1 else ""
+    rows = [(f"{label}{suffix}", score_row({s: getattr(v, attr) for s, v in scores.items()}))
+            for label, attr in (("EM", "em"), ("F1", "f1"), ("cover EM", "cover_em"))]
+    if n_samples > 1:
+        rows.append((f"EM pass@{n_samples}", score_row({s: v.em_pass for s, v in scores.items()})))
+    counts = [str(scores[s].questions) if s in scores else "-" for s in sources]
+    rows.append(("n", counts + [str(sum(v.questions for v in scores.values()))]))
+    evaluated = [s for s in PAPER_COLUMNS if s in scores]
+    if evaluated:
+        # Their Avg only over the same columns as ours, else the two would average different sets.
+        same_sets = len(evaluated) == len(scores)
+        rows += [(f"{name} EM", score_row({s: paper[s] for s in evaluated}, same_sets)) for name, paper in PAPER_ROWS.items()]
+
+    label_width = max(len(label) for label, _ in rows)
+    widths = [max(len(title), *(len(cells[i]) for _, cells in rows)) for i, title in enumerate(titles)]
 
     def line(label: str, values: list[str]) -> str:
-        return "| " + " | ".join([label.ljust(5)] + [v.rjust(w) for v, w in zip(values, widths)]) + " |"
+        return "| " + " | ".join([label.ljust(label_width)] + [v.rjust(w) for v, w in zip(values, widths)]) + " |"
 
-    rule = "|" + "|".join(["-" * 7] + ["-" * (w + 1) + ":" for w in widths]) + "|"
-    return "\n".join([line("", titles), rule, line("EM", cells), line("n", counts)])
+    rule = "|" + "|".join(["-" * (label_width + 2)] + ["-" * (w + 1) + ":" for w in widths]) + "|"
+    return "\n".join([line("", titles), rule, *(line(label, cells) for label, cells in rows)])
+
+
+def write_summary(path: Path, scores: dict[str, SourceScores], n_samples: int, failed: int, settings: dict[str, Any]) -> None:
+    """The table as JSON, with what produced it, for comparing runs without parsing the table."""
+    summary = {
+        **settings,
+        "n_samples": n_samples,
+        "failed_trajectories": failed,
+        "per_source": {source: asdict(value) for source, value in scores.items()},
+        "average": {key: _mean(getattr(v, key) for v in scores.values()) for key in ("em", "f1", "cover_em", "em_pass")}
+        if scores else {},
+        "paper_em": {name: {s: paper[s] for s in PAPER_COLUMNS if s in scores} for name, paper in PAPER_ROWS.items()},
+    }
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+
+
+def summary_path(output: Path) -> Path:
+    """``eval.jsonl`` -> ``eval.summary.json``, next to the trajectories."""
+    return output.with_name(output.stem + ".summary.json")
 
 
 def _sglang_address(url: str) -> tuple[str, int]:
@@ -210,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-response-len", type=int, default=512, help="token budget of a whole response (as --rollout-max-response-len)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as in the paper")
     parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--n-samples", type=int, default=1, help="samples per question, for mean@K and pass@K (needs --temperature > 0)")
     parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
@@ -221,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     cli = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if cli.max_concurrency < 1 or cli.max_response_len < 1:
-        parser.error("--max-concurrency and --max-response-len must be at least 1")
+    if cli.max_concurrency < 1 or cli.max_response_len < 1 or cli.n_samples < 1:
+        parser.error("--max-concurrency, --max-response-len and --n-samples must be at least 1")
+    if cli.n_samples > 1 and cli.temperature == 0:
+        parser.error("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
 
     from search_r1_slime.preflight import load_search_overrides, search_problems
 
@@ -244,13 +327,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = read_rows(cli.data, cli.limit)
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
-    records = asyncio.run(run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress))
+    records = asyncio.run(
+        run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
+    )
 
     failed = sum(record["status"] == EvalSample.Status.FAILED.value for record in records)
     if failed:
         print(f"WARNING: {failed} trajectories failed (SGLang errors, see 'error' in {cli.output}); they count as wrong.", file=sys.stderr)
-    print(f"Exact match ({len(records)} questions, trajectories in {cli.output}):")
-    print(format_table(exact_match_by_source(records)))
+    scores = scores_by_source(records)
+    summary = summary_path(cli.output)
+    settings = {"data": str(cli.data), "questions": len(rows), "temperature": cli.temperature, "top_p": cli.top_p,
+                "max_response_len": cli.max_response_len, "trajectories": str(cli.output)}
+    write_summary(summary, scores, cli.n_samples, failed, settings)
+    samples = f" x {cli.n_samples} samples" if cli.n_samples > 1 else ""
+    print(f"Scores of {len(rows)} questions{samples} (trajectories in {cli.output}, summary in {summary});")
+    print("Search-R1 rows: the paper's Qwen2.5-3B GRPO exact match, averaged over the same data sets.")
+    print(format_table(scores, cli.n_samples))
     return 0
 
 

@@ -22,7 +22,9 @@ take a ``metadata`` column as each sample's metadata.
 The source is ``RUC-NLPIR/FlashRAG_datasets`` (one folder per dataset holding ``train.jsonl``,
 ``dev.jsonl`` and/or ``test.jsonl``), downloaded with huggingface_hub, or a local copy of it with
 the same layout. The test file takes each dataset's test split, else dev, else train, as
-Search-R1 does; its rows keep the order of the sources given (not shuffled).
+Search-R1 does; its rows keep the order of the sources given (not shuffled). With
+``--per-source-test`` each test dataset is also written alone, ``test_<dataset>.parquet`` (the
+same rows), so that slime's periodic evaluation can score every dataset under its own name.
 """
 
 from __future__ import annotations
@@ -149,6 +151,11 @@ def write_parquet(out_path: Path, flashrag_dir: Path, sources: list[str], split:
     return total
 
 
+def per_source_test_path(local_dir: Path, data_source: str) -> Path:
+    """Where ``--per-source-test`` writes one dataset's test rows (the launch script reads them)."""
+    return local_dir / f"test_{data_source}.parquet"
+
+
 def download_flashrag(sources: list[str], repo_id: str = FLASHRAG_REPO, revision: str | None = None) -> Path:
     """Fetch only the named datasets' JSONL files from the Hub (cached, resumable)."""
     from huggingface_hub import snapshot_download
@@ -177,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--test-sources", default=",".join(TEST_SOURCES), type=_source_list,
         help="comma-separated FlashRAG datasets for test.parquet ('' to skip it)",
     )
+    parser.add_argument(
+        "--per-source-test", action="store_true",
+        help="also write test_<dataset>.parquet for each test dataset (for per-dataset evaluation during training)",
+    )
     parser.add_argument("--flashrag-dir", type=Path, help="a local copy of FlashRAG_datasets (default: download)")
     parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin the data to")
@@ -197,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         if sources:
             rows = write_parquet(args.local_dir / name, flashrag_dir, sources, split)
             logger.info("wrote %s: %d rows (%s)", args.local_dir / name, rows, ",".join(sources))
+    if args.per_source_test:
+        for source in args.test_sources:
+            path = per_source_test_path(args.local_dir, source)
+            logger.info("wrote %s: %d rows", path, write_parquet(path, flashrag_dir, [source], "test"))
     return 0
 
 

@@ -1,5 +1,6 @@
 """evaluate.py end to end: its command line against loopback SGLang and retrieval stand-ins, with
-scripted model answers; the printed table and the JSONL must follow from the script exactly."""
+scripted model answers; the printed table, the JSONL and the JSON summary must follow from the
+script exactly."""
 
 from __future__ import annotations
 
@@ -10,50 +11,63 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 from search_r1_slime import evaluate, prepare_data
 from tests.fakes.retriever import FakeRetriever, doc
-from tests.fakes.sglang import FakeSGLangPerPrompt, Turn
+from tests.fakes.sglang import FakeSGLang, FakeSGLangPerPrompt, Turn
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# (data_source, question, gold answers, the model's scripted turns, the EM the table must show)
+# (data_source, question, gold answers, the model's scripted turns, its (EM, F1, cover EM))
 CASES = [
     ("nq", "who wrote hamlet", ["William Shakespeare"], [
         Turn("<think> I should look it up. </think>\n<search> who wrote hamlet </search>"),
         Turn("<think> The play is by Shakespeare. </think>\n<answer> William Shakespeare </answer>"),
-    ], 1.0),
-    # Well-formed but wrong: pure EM gives 0, not the training format_score.
+    ], (1, 1.0, 1)),
+    # Well-formed, covers the answer, not exact: EM 0 (not the training format_score), F1 2/3
+    # (precision 1/2, recall 1), cover EM 1.
     ("nq", "what is the capital of france", ["Paris"], [
-        Turn("<think> I know this. </think>\n<answer> Lyon </answer>"),
-    ], 0.0),
-    ("triviaqa", "who was the man behind the chipmunks", ["David Seville"], [], 0.0),  # SGLang fails
+        Turn("<think> I know this. </think>\n<answer> Paris, France </answer>"),
+    ], (0, 2 / 3, 1)),
+    ("triviaqa", "who was the man behind the chipmunks", ["David Seville"], [], (0, 0.0, 0)),  # SGLang fails
+    # Never answers: the "<answer> and </answer>" of the invalid-action messages it was shown is
+    # not its answer (read as one, it would score F1 0.5 against "Romeo and Juliet").
+    ("popqa", "what play has the balcony scene", ["Romeo and Juliet"], [
+        Turn("Hmm.", eos=True), Turn("Hmm.", eos=True), Turn("Still hmm.", eos=True),
+    ], (0, 0.0, 0)),
     ("hotpotqa", "which magazine was started first", ["Arthur's Magazine"], [
         Turn("<think> Search both. </think>\n<search> arthurs magazine first issue </search>"),
         Turn("<think> 1844 is earlier. </think>\n<answer> Arthur's Magazine </answer>"),
-    ], 1.0),
+    ], (1, 1.0, 1)),
     # Right answer without <think>: the format is broken, EM still counts it.
     ("bamboogle", "who was president when the hoover dam opened", ["Franklin D. Roosevelt"], [
         Turn("<answer> Franklin D. Roosevelt </answer>"),
-    ], 1.0),
+    ], (1, 1.0, 1)),
 ]
 CORPUS = {
     "who wrote hamlet": [doc("1", "Hamlet", "Hamlet is a tragedy written by William Shakespeare.")],
     "arthurs magazine first issue": [doc("7", "Arthur's Magazine", "Arthur's Magazine was first published in 1844.")],
 }
+# NQ: EM (1 + 0) / 2, F1 (1 + 2/3) / 2, cover EM 1. Avg over the five data sets evaluated; the
+# paper's rows over the same five: (.421 + .583 + .413 + .297 + .128) / 5 = .3684.
 EXPECTED_TABLE = """\
-|       |    NQ | TriviaQA | PopQA | HotpotQA | 2Wiki | Musique | Bamboogle |   Avg |
-|-------|------:|---------:|------:|---------:|------:|--------:|----------:|------:|
-| EM    | 0.500 |    0.000 |     - |    1.000 |     - |       - |     1.000 | 0.625 |
-| n     |     2 |        1 |     - |        1 |     - |       - |         1 |     5 |"""
+|                            |    NQ | TriviaQA | PopQA | HotpotQA | 2Wiki | Musique | Bamboogle |   Avg |
+|----------------------------|------:|---------:|------:|---------:|------:|--------:|----------:|------:|
+| EM                         | 0.500 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.500 |
+| F1                         | 0.833 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.567 |
+| cover EM                   | 1.000 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.600 |
+| n                          |     2 |        1 |     1 |        1 |     - |       - |         1 |     6 |
+| Search-R1 GRPO-Base EM     | 0.421 |    0.583 | 0.413 |    0.297 |     - |       - |     0.128 | 0.368 |
+| Search-R1 GRPO-Instruct EM | 0.397 |    0.565 | 0.391 |    0.331 |     - |       - |     0.232 | 0.383 |"""
 
 
-def write_test_parquet(path: Path) -> None:
+def write_test_parquet(path: Path, cases=CASES) -> None:
     rows = [
         prepare_data.make_row({"id": f"q{i}", "question": question, "golden_answers": answers}, source, "test", i)
-        for i, (source, question, answers, _, _) in enumerate(CASES)
+        for i, (source, question, answers, *_) in enumerate(cases)
     ]
     pq.write_table(pa.Table.from_pylist(rows, schema=prepare_data.SCHEMA), path)
 
@@ -85,15 +99,21 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
         assert all(fake.script_done for fake in sglang.fakes.values())
         assert sorted(retriever.queries_received) == sorted(CORPUS)
 
-    assert stdout.decode().splitlines()[-4:] == EXPECTED_TABLE.splitlines()
+        # Greedy, as Search-R1 evaluated.
+        assert {r["sampling_params"]["temperature"] for f in sglang.fakes.values() for r in f.requests} == {0.0}
+
+    summary = tmp_path / "out/trajectories.summary.json"
+    assert stdout.decode().splitlines()[-len(EXPECTED_TABLE.splitlines()):] == EXPECTED_TABLE.splitlines()
+    assert f"Scores of 6 questions (trajectories in {output}, summary in {summary})" in stdout.decode()
     assert "WARNING: 1 trajectories failed" in stderr.decode()
 
     records = sorted((json.loads(line) for line in output.read_text().splitlines()), key=lambda r: r["index"])
-    assert [r["reward"] for r in records] == [case[4] for case in CASES]
+    assert [(r["em"], r["f1"], r["cover_em"]) for r in records] == [case[4] for case in CASES]
     assert [r["data_source"] for r in records] == [case[0] for case in CASES]
-    assert [r["answer"] for r in records] == ["William Shakespeare", "Lyon", None, "Arthur's Magazine", "Franklin D. Roosevelt"]
-    assert [r["searches"] for r in records] == [1, 0, 0, 1, 0]
-    assert [r["status"] for r in records] == ["completed", "completed", "failed", "completed", "completed"]
+    assert [r["answer"] for r in records] == ["William Shakespeare", "Paris, France", None, None, "Arthur's Magazine", "Franklin D. Roosevelt"]
+    assert [r["searches"] for r in records] == [1, 0, 0, 0, 1, 0]
+    assert [r["status"] for r in records] == ["completed", "completed", "failed", "completed", "completed", "completed"]
+    assert "<answer> and </answer>" in records[3]["response"]
     first = records[0]
     assert first["prompt"] == chat_prompt(tokenizer, "who wrote hamlet")
     assert first["response"] == (
@@ -104,6 +124,72 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
     assert first["golden_answers"] == ["William Shakespeare"]
     assert first["question"] == "who wrote hamlet?"
     assert "400" in records[2]["error"]
+
+    written = json.loads(summary.read_text())
+    assert written["per_source"]["nq"] == {"questions": 2, "em": 0.5, "f1": (1 + 2 / 3) / 2, "cover_em": 1.0, "em_pass": 0.5}
+    assert written["average"]["em"] == 0.5 and written["failed_trajectories"] == 1
+    assert (written["questions"], written["n_samples"], written["temperature"]) == (6, 1, 0.0)
+    assert written["paper_em"]["Search-R1 GRPO-Base"] == {"nq": 0.421, "triviaqa": 0.583, "popqa": 0.413, "hotpotqa": 0.297, "bamboogle": 0.128}
+
+
+class FreshSamples(FakeSGLang):
+    """Every request starts a new one-turn sample of the same prompt, so the K samples of a
+    question may interleave (the plain stand-in follows one trajectory)."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int], turns: list[Turn]):
+        super().__init__(tokenizer, prompt_ids, turns)
+        self.prompt_ids = prompt_ids
+
+    async def handle_generate(self, request):
+        self.expect_fresh_start(self.prompt_ids)
+        return await super().handle_generate(request)
+
+
+async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_path):
+    right, wrong = Turn("<think> x </think>\n<answer> Paris </answer>"), Turn("<think> x </think>\n<answer> Lyon </answer>")
+    data = tmp_path / "test.parquet"
+    write_test_parquet(data, [("nq", "capital of france", ["Paris"])])
+    prompt_ids = tokenizer(chat_prompt(tokenizer, "capital of france"), add_special_tokens=False)["input_ids"]
+    async with FreshSamples(tokenizer, prompt_ids, [right, wrong, wrong]) as sglang:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "search_r1_slime.evaluate", "--data", str(data), "--hf-checkpoint", tokenizer_dir,
+            "--sglang-url", sglang.url(), "--skip-preflight", "--output", str(tmp_path / "eval.jsonl"), "--no-progress",
+            "--n-samples", "3", "--temperature", "0.7",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, stderr.decode()
+        assert sglang.script_done
+        assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
+
+    lines = stdout.decode().splitlines()
+    assert "Scores of 1 questions x 3 samples" in lines[0]
+    assert lines[4:9] == [
+        "| EM mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
+        "| F1 mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
+        "| cover EM mean@3            | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
+        "| EM pass@3                  | 1.000 |        - |     - |        - |     - |       - |         - | 1.000 |",
+        "| n                          |     1 |        - |     - |        - |     - |       - |         - |     1 |",
+    ]
+    records = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert sorted((r["index"], r["sample"]) for r in records) == [(0, 0), (0, 1), (0, 2)]
+    assert sorted(r["answer"] for r in records) == ["Lyon", "Lyon", "Paris"]
+
+
+def test_mean_and_pass_at_k_by_hand():
+    records = [
+        {"data_source": "nq", "index": 0, "em": e, "f1": float(e), "cover_em": e} for e in (1, 0, 0)
+    ] + [
+        {"data_source": "nq", "index": 1, "em": e, "f1": float(e), "cover_em": e} for e in (0, 0, 0)
+    ]
+    nq = evaluate.scores_by_source(records)["nq"]
+    assert (nq.questions, nq.em, nq.em_pass) == (2, 1 / 6, 0.5)
+
+
+def test_several_samples_need_a_temperature(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        evaluate.main(["--data", str(tmp_path / "x.parquet"), "--hf-checkpoint", str(tmp_path), "--n-samples", "4"])
+    assert "--n-samples > 1 needs --temperature > 0" in capsys.readouterr().err
 
 
 def test_refuses_to_start_when_the_retriever_is_down(tmp_path, capsys):
@@ -125,13 +211,21 @@ def test_refuses_to_start_when_the_retriever_is_down(tmp_path, capsys):
 
 
 def test_table_lists_data_sets_outside_the_paper_after_its_seven():
-    em = evaluate.exact_match_by_source([
-        {"data_source": "strategyqa", "reward": 1.0},
-        {"data_source": "popqa", "reward": 0.0},
-        {"data_source": "popqa", "reward": 1.0},
+    scores = evaluate.scores_by_source([
+        {"data_source": "strategyqa", "index": 0, "em": 1, "f1": 1.0, "cover_em": 1},
+        {"data_source": "popqa", "index": 1, "em": 0, "f1": 0.5, "cover_em": 1},
+        {"data_source": "popqa", "index": 2, "em": 1, "f1": 1.0, "cover_em": 1},
     ])
-    assert list(em) == ["popqa", "strategyqa"]
-    header, _, scores, counts = evaluate.format_table(em).splitlines()
+    assert list(scores) == ["popqa", "strategyqa"]
+    header, _, em, f1, _, counts, base, _ = evaluate.format_table(scores).splitlines()
     assert header.split("|")[1:-1][-3:] == [" Bamboogle ", " strategyqa ", "   Avg "]
-    assert scores.split("|")[-3:-1] == [" 1.000 ".rjust(12), " 0.750 "]
+    assert em.split("|")[-3:-1] == [" 1.000 ".rjust(12), " 0.750 "]
+    assert f1.split("|")[4] == " 0.750 " and f1.split("|")[-2] == " 0.875 "
     assert counts.split("|")[-2] == "     3 "
+    # The paper has PopQA but not StrategyQA: its row shows PopQA, and no Avg over other data sets.
+    assert base.split("|")[4] == " 0.413 " and base.split("|")[-3:-1] == ["          - ", "     - "]
+
+
+def test_no_paper_rows_when_no_data_set_of_the_paper_was_evaluated():
+    scores = evaluate.scores_by_source([{"data_source": "strategyqa", "index": 0, "em": 1, "f1": 1.0, "cover_em": 1}])
+    assert "Search-R1" not in evaluate.format_table(scores)

@@ -37,8 +37,14 @@ async def test_abort_keeps_what_was_generated_and_partial_rollout_continues_it(w
     assert sample.loss_mask == [0] * 5 + [1] * (len(t1) - 5) + [0] * len(obs) + [1] * len(t2)
     assert sample.rollout_log_probs == model_log_probs(len(p), len(t1)) + [0.0] * len(obs) + model_log_probs(len(p + t1 + obs), len(t2))
     assert world.retriever.queries_received == ["who wrote hamlet"]
-    assert sample.metadata["search_r1"] == {
+    metrics = dict(sample.metadata["search_r1"])
+    assert len(metrics.pop("search_latencies")) == 1
+    assert metrics == {
         "turns": 1, "searches": 1, "search_failures": 0, "invalid_actions": 0, "obs_truncated": 0,
+        "actions": 2, "valid_actions": 2, "answered": True, "search_no_results": 0,
+        # The local client's counters on this event loop around the trajectory: one query sent.
+        "client_stats_start": {"sent": 0, "cache_hits": 0, "in_flight_hits": 0, "batches": 0, "http_requests": 0},
+        "client_stats_end": {"sent": 1, "cache_hits": 0, "in_flight_hits": 0, "batches": 1, "http_requests": 1},
     }
     assert sample.status == sample_cls.Status.COMPLETED
 

@@ -5,6 +5,7 @@ starts; the script sees only a minimal PATH so the host's tools cannot leak in."
 from __future__ import annotations
 
 import http.server
+import importlib
 import json
 import shlex
 import shutil
@@ -175,8 +176,46 @@ def test_dry_run_prints_the_training_command_built_from_the_environment(world):
     assert flag(train, "--rollout-max-response-len") == "512"
     assert flag(train, "--n-samples-per-prompt") == "8"
     assert "--use-tis" not in train
+    assert flag(train, "--custom-rollout-log-function-path") == "search_r1_slime.rollout_metrics.log_rollout_data"
+    assert "--eval-interval" not in train and "--custom-eval-rollout-log-function-path" not in train  # off by default
     assert "would start a Ray head" in result.stdout
     assert ray_calls(env) == []  # nothing started, nothing stopped
+
+
+def load_function(path: str):
+    """slime's load_function: a dotted path to a module attribute."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def test_per_source_evaluation_is_turned_on_with_a_subset_size(world):
+    tmp, env = world
+    for source in ("nq", "hotpotqa"):
+        (tmp / f"data/test_{source}.parquet").write_bytes(b"")
+    result = run(env, DRY_RUN="1", EVAL_PER_SOURCE="200", EVAL_SOURCES="nq,hotpotqa", EVAL_INTERVAL="10")
+
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    train = printed_command(result.stdout)
+    data = train.index("--eval-prompt-data")
+    assert train[data + 1 : data + 5] == [
+        "nq", f"{tmp}/data/test_nq.parquet@[0:200]", "hotpotqa", f"{tmp}/data/test_hotpotqa.parquet@[0:200]",
+    ]
+    assert flag(train, "--eval-interval") == "10"
+    assert (flag(train, "--eval-input-key"), flag(train, "--eval-label-key")) == ("prompt", "reward_model")
+    assert (flag(train, "--n-samples-per-eval-prompt"), flag(train, "--eval-temperature")) == ("1", "0")
+    hooks = (flag(train, "--custom-rollout-log-function-path"), flag(train, "--custom-eval-rollout-log-function-path"))
+    assert [load_function(hook).__name__ for hook in hooks] == ["log_rollout_data", "log_eval_rollout_data"]
+
+
+def test_per_source_evaluation_without_its_files_says_how_to_build_them(world):
+    tmp, env = world
+    result = run(env, DRY_RUN="1", EVAL_PER_SOURCE="200", EVAL_SOURCES="nq,bamboogle")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert [line.split(" does not exist")[0] for line in warnings] == [
+        f"WARNING: evaluation data not found: {tmp}/data/test_{source}.parquet" for source in ("nq", "bamboogle")
+    ]
+    assert "--per-source-test" in warnings[0]
+    assert run(env, EVAL_PER_SOURCE="some").stderr.count("EVAL_PER_SOURCE=some must be a number of rows") == 1
 
 
 def test_dry_run_without_search_config_passes_no_config_path(world):

@@ -144,6 +144,27 @@ def test_test_parquet_takes_test_else_dev_else_train_in_the_given_order(flashrag
     )
 
 
+
+def test_per_source_test_files_hold_each_datasets_rows_of_the_test_file(flashrag, tmp_path):
+    out = tmp_path / "out"
+    prepare_data.main(["--local-dir", str(out), "--flashrag-dir", str(flashrag), "--train-sources", "",
+                       "--test-sources", "nq,hotpotqa,bamboogle", "--per-source-test"])
+
+    combined = rows_as_slime_reads_them(out / "test.parquet")
+    for source in ("nq", "hotpotqa", "bamboogle"):
+        alone = rows_as_slime_reads_them(out / f"test_{source}.parquet")
+        assert alone == [row for row in combined if row["data_source"] == source]
+    assert [r["id"] for r in rows_as_slime_reads_them(out / "test_hotpotqa.parquet")] == ["5a8b57f2"]  # dev: no test split
+    assert sorted(path.name for path in out.iterdir()) == [
+        "test.parquet", "test_bamboogle.parquet", "test_hotpotqa.parquet", "test_nq.parquet",
+    ]
+
+
+def test_no_per_source_files_unless_asked(flashrag, tmp_path):
+    out = tmp_path / "out"
+    prepare_data.main(["--local-dir", str(out), "--flashrag-dir", str(flashrag), "--train-sources", "", "--test-sources", "nq"])
+    assert [path.name for path in out.iterdir()] == ["test.parquet"]
+
 def test_command_line_with_search_r1_flag_names(flashrag, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(

@@ -2,7 +2,16 @@
 
 import pytest
 
-from qa_em import compute_score_em, em_check, extract_solution, is_valid_sequence, normalize_answer, subem_check
+from qa_em import (
+    compute_score_em,
+    cover_em_check,
+    em_check,
+    extract_solution,
+    f1_score,
+    is_valid_sequence,
+    normalize_answer,
+    subem_check,
+)
 
 OBS = "\n\n<information>Doc 1(Title: \"Hamlet\") Hamlet is a tragedy by Shakespeare.</information>\n\n"
 VALID_CORRECT = "<think> I know it. </think>\n<answer> William Shakespeare </answer>"
@@ -20,6 +29,30 @@ def test_normalize_answer_is_squad_style():
     assert normalize_answer("An apple a day") == "apple day"
     assert normalize_answer("theater") == "theater"  # only whole-word articles go
 
+
+
+def test_f1_against_hand_computed_cases():
+    # 1 of 4 predicted words is right and it is the whole answer: P = 1/4, R = 1, F1 = 2PR/(P+R) = 0.4.
+    assert f1_score("William Shakespeare wrote Hamlet", "Shakespeare") == 0.4
+    # The best gold answer counts; normalisation drops "the" and punctuation first.
+    assert f1_score("William Shakespeare wrote Hamlet", ["Marlowe", "The Shakespeare!"]) == 0.4
+    # A repeated word overlaps only as often as the gold answer has it: P = 1/3, R = 1, F1 = 0.5.
+    assert f1_score("Paris paris France", "Paris") == 0.5
+    # P = 2/2, R = 2/3: F1 = 0.8.
+    assert f1_score("Franklin Roosevelt", "Franklin D. Roosevelt") == 0.8
+    assert f1_score("The William Shakespeare.", ["William Shakespeare"]) == 1.0
+    assert f1_score("Lyon", ["Paris"]) == 0.0
+    assert f1_score("", ["Paris"]) == 0.0
+
+
+def test_cover_em_needs_the_whole_answer_as_whole_words():
+    assert cover_em_check("William Shakespeare wrote it", "Shakespeare") == 1
+    assert cover_em_check("It was the Beatles, of course", ["Queen", "The Beatles"]) == 1
+    assert cover_em_check("start", "art") == 0 and subem_check("start", "art") == 1
+    assert cover_em_check("Shakespeare, William", "William Shakespeare") == 0  # word order counts
+    assert cover_em_check("Franklin Roosevelt", "Franklin D. Roosevelt") == 0
+    assert cover_em_check("anything", ["", "the"]) == 0  # an answer that normalises to nothing covers nothing
+    assert cover_em_check("", "Paris") == 0
 
 def test_em_and_subem():
     assert em_check("the Shakespeare.", ["Marlowe", "shakespeare"]) == 1

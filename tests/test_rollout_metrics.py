@@ -1,0 +1,191 @@
+"""The slime log hooks: exact search_r1/* values for slime-shaped samples of known behaviour,
+logged through a captured sink at slime's step, on every slime layout of the sink, and False
+returned so slime's own logging still runs."""
+
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+
+from generate_with_search import INVALID_ACTION_MESSAGE
+from search_r1_slime import rollout_metrics
+from tests.fakes.sample import SAMPLE_CLASSES
+
+OBS = "\n\n<information>Doc 1(Title: \"Paris\") Paris is the capital of France.</information>\n\n"
+GOLD = {"style": "rule", "ground_truth": {"target": ["Paris"]}}
+
+
+def counters(sent=0, cache_hits=0, in_flight_hits=0, batches=0, http_requests=0) -> dict[str, int]:
+    return dict(sent=sent, cache_hits=cache_hits, in_flight_hits=in_flight_hits, batches=batches, http_requests=http_requests)
+
+
+def trace(**values) -> dict:
+    base = dict(turns=0, searches=0, search_failures=0, invalid_actions=0, obs_truncated=0, actions=0,
+                valid_actions=0, answered=False, search_no_results=0, search_latencies=[])
+    return {**base, **values}
+
+
+def rollout(sample_cls) -> list:
+    """Four samples: the expected metrics below are computed by hand from them."""
+    searched_and_right = sample_cls(
+        response="<think> a </think>\n<search> capital of france </search>" + OBS + "<think> b </think>\n<answer> Paris </answer>",
+        label=GOLD, reward=1.0,
+        metadata={"search_r1": trace(turns=1, searches=1, actions=2, valid_actions=2, answered=True, search_latencies=[0.1],
+                                     client_stats_start=counters(), client_stats_end=counters(sent=1, batches=1, http_requests=2))},
+    )
+    # Search failed, then one found nothing (its observation cut), then the final turn searched again.
+    never_answered = sample_cls(
+        response="<think> a </think>\n<search> q1 </search>...<search> q2 </search>...<search> q3 </search>",
+        label=GOLD, reward=0.0,
+        metadata={"search_r1": trace(turns=2, searches=2, search_failures=1, search_no_results=1, obs_truncated=1,
+                                     actions=3, valid_actions=3, search_latencies=[0.4, 0.2],
+                                     client_stats_start=counters(), client_stats_end=counters(sent=1, cache_hits=1, in_flight_hits=1, batches=1, http_requests=2))},
+    )
+    # An invalid action, then a wrong answer in a valid format: reward 0.2 (format_score), EM 0.
+    # The invalid-action message in the response holds "<answer> and </answer>"; EM reads the last answer.
+    invalid_then_wrong = sample_cls(
+        response="I think" + INVALID_ACTION_MESSAGE + "<think> b </think>\n<answer> Lyon </answer>",
+        label=GOLD, reward=0.2,
+        metadata={"search_r1": trace(turns=1, invalid_actions=1, actions=2, valid_actions=1, answered=True,
+                                     client_stats_start=counters(sent=1), client_stats_end=counters(sent=1))},
+    )
+    not_ours = sample_cls(response="<answer> Paris </answer>", label=GOLD, reward=1.0, metadata={})
+    return [searched_and_right, never_answered, invalid_then_wrong, not_ours]
+
+
+EXPECTED = {
+    "search_r1/searches_per_trajectory/mean": 1.0,  # (1 + 2 + 0) / 3
+    "search_r1/searches_per_trajectory/max": 2.0,
+    "search_r1/actions_per_trajectory/mean": 7 / 3,
+    "search_r1/actions_per_trajectory/max": 3.0,
+    "search_r1/actions_per_trajectory/min": 2.0,
+    "search_r1/answer_ratio": 2 / 3,
+    "search_r1/valid_action_ratio": 6 / 7,
+    "search_r1/failed_search_ratio": 1 / 3,
+    "search_r1/no_result_ratio": 1 / 3,
+    "search_r1/obs_truncated_ratio": 1 / 4,  # 1 cut observation of 1 + 2 + 1
+    "search_r1/search_latency/p50": 0.2,  # of [0.1, 0.2, 0.4]
+    "search_r1/search_latency/p99": pytest.approx(0.396, abs=1e-12),  # 0.2 + 0.98 * (0.4 - 0.2)
+    # Client traffic from the first start to the last end: 1 sent, 1 cache hit, 1 shared, 2 requests.
+    "search_r1/local/cache_hit_ratio": 1 / 3,
+    "search_r1/local/in_flight_share_ratio": 1 / 3,
+    "search_r1/local/retriever_requests_per_query": 2 / 3,
+    "search_r1/exact_match": 1 / 3,  # while the mean reward is (1 + 0 + 0.2) / 3
+}
+
+
+class Sink:
+    """slime's log(args, metrics, step_key) and compute_rollout_step(args, rollout_id), captured."""
+
+    def __init__(self):
+        self.calls: list[tuple[object, dict, str]] = []
+
+    def log(self, args, metrics, step_key):
+        self.calls.append((args, dict(metrics), step_key))
+
+    @staticmethod
+    def compute_rollout_step(args, rollout_id):
+        return rollout_id * args.rollout_batch_size  # not the rollout id, so the test sees whose step it is
+
+
+def install_fake_slime(monkeypatch, layout: str) -> Sink:
+    """Put the sink where each slime generation keeps it (and nothing where it does not)."""
+    sink = Sink()
+    packages = {"slime": [], "slime.utils": []}
+    modules = {}
+    if layout == "2026-08":
+        packages["slime.observability"] = []
+        modules["slime.observability.logging_utils"] = {"log": sink.log}
+        modules["slime.observability.metric_utils"] = {"compute_rollout_step": sink.compute_rollout_step}
+    elif layout == "2026-01":
+        modules["slime.utils.logging_utils"] = {"log": sink.log}
+        modules["slime.utils.metric_utils"] = {"compute_rollout_step": sink.compute_rollout_step}
+    else:  # 2025-12: logging_utils exists but only configures logging
+        modules["slime.utils.logging_utils"] = {"configure_logger": lambda prefix="": None}
+        modules["slime.utils.tracking_utils"] = {"log": sink.log}
+        modules["slime.utils.metric_utils"] = {"compute_rollout_step": sink.compute_rollout_step}
+    for name, path in packages.items():
+        module = types.ModuleType(name)
+        module.__path__ = path
+        monkeypatch.setitem(sys.modules, name, module)
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        vars(module).update(attributes)
+        monkeypatch.setitem(sys.modules, name, module)
+    return sink
+
+
+def slime_args(**overrides) -> SimpleNamespace:
+    return SimpleNamespace(**{"rollout_batch_size": 32, "use_wandb": False, "use_tensorboard": False, **overrides})
+
+
+@pytest.mark.parametrize("sample_cls", SAMPLE_CLASSES)
+def test_rollout_metrics_of_known_trajectories(sample_cls):
+    assert rollout_metrics.rollout_metrics(rollout(sample_cls)) == EXPECTED
+
+
+@pytest.mark.parametrize("layout", ["2026-08", "2026-01", "2025-12"])
+@pytest.mark.parametrize("sample_cls", SAMPLE_CLASSES)
+def test_hook_logs_at_slimes_step_and_lets_slime_log_its_own(monkeypatch, layout, sample_cls):
+    sink = install_fake_slime(monkeypatch, layout)
+    args = slime_args()
+
+    keep_slimes_logging = not rollout_metrics.log_rollout_data(7, args, rollout(sample_cls), None, 12.5)
+
+    assert keep_slimes_logging
+    assert sink.calls == [(args, {**EXPECTED, "rollout/step": 7 * 32}, "rollout/step")]
+
+
+def test_hook_logs_nothing_for_samples_of_another_generate_function(monkeypatch):
+    sink = install_fake_slime(monkeypatch, "2026-08")
+    samples = rollout(SAMPLE_CLASSES[1])[3:]
+    assert rollout_metrics.log_rollout_data(0, slime_args(), samples, {"rollout/x": 1.0}, 1.0) is False
+    assert sink.calls == []
+
+
+def test_without_slime_the_hook_says_what_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "slime", None)  # "import slime" fails as if not installed
+    with pytest.raises(ImportError, match=r"slime's log\(\) was not found; tried slime.observability.logging_utils"):
+        rollout_metrics.log_rollout_data(0, slime_args(), rollout(SAMPLE_CLASSES[0]), None, 1.0)
+
+
+def test_wandb_plots_search_r1_metrics_against_the_rollout_step(monkeypatch):
+    install_fake_slime(monkeypatch, "2026-08")
+    defined = []
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(define_metric=lambda name, **kw: defined.append((name, kw))))
+    monkeypatch.setattr(rollout_metrics, "_wandb_step_defined", False)
+    for rollout_id in range(2):
+        rollout_metrics.log_rollout_data(rollout_id, slime_args(use_wandb=True), rollout(SAMPLE_CLASSES[1]), None, 1.0)
+    assert defined == [("search_r1/*", {"step_metric": "rollout/step"})]
+
+
+@pytest.mark.parametrize("sample_cls", SAMPLE_CLASSES)
+def test_eval_hook_adds_exact_match_per_data_source(monkeypatch, sample_cls):
+    sink = install_fake_slime(monkeypatch, "2026-01")
+    right, _, wrong, _ = rollout(sample_cls)
+    data = {
+        "nq": {"rewards": [1.0, 0.2], "truncated": [False, False], "samples": [right, wrong]},
+        "hotpotqa": {"rewards": [0.0], "truncated": [False]},  # no samples: nothing to add
+    }
+
+    assert rollout_metrics.log_eval_rollout_data(3, slime_args(), data, None) is False
+
+    assert sink.calls == [(slime_args(), {
+        "eval/nq/search_r1/searches_per_trajectory/mean": 0.5,
+        "eval/nq/search_r1/searches_per_trajectory/max": 1.0,
+        "eval/nq/search_r1/actions_per_trajectory/mean": 2.0,
+        "eval/nq/search_r1/actions_per_trajectory/max": 2.0,
+        "eval/nq/search_r1/actions_per_trajectory/min": 2.0,
+        "eval/nq/search_r1/answer_ratio": 1.0,
+        "eval/nq/search_r1/valid_action_ratio": 0.75,
+        "eval/nq/search_r1/failed_search_ratio": 0.0,
+        "eval/nq/search_r1/no_result_ratio": 0.0,
+        "eval/nq/search_r1/obs_truncated_ratio": 0.0,
+        "eval/nq/search_r1/search_latency/p50": 0.1,
+        "eval/nq/search_r1/search_latency/p99": 0.1,
+        "eval/nq/search_r1/exact_match": 0.5,
+        "eval/step": 3 * 32,
+    }, "eval/step")]
