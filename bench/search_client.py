@@ -17,7 +17,7 @@ to the query asked alone, before the load.
    * ``ours, no cache``: the same with ``cache=False`` (batching and single flight only).
 2. Scale-out: ``ours`` with 1, 2 ... ``--servers`` URLs in ``search_url``: how the queries spread
    (each server's ``/health`` ``served`` counters); then the same with ``--servers`` servers of
-   which one is killed (SIGKILL: a node going away) once half of the searches are done.
+   which one is killed (SIGKILL: a node going away) once ``--kill-at`` of the searches are done.
 
 Exits 1 if any result is wrong, any search failed, ours sends fewer than 4x fewer HTTP requests
 than queries issued, or a server listed got no work while all were up.
@@ -120,7 +120,9 @@ class Outcome:
     queries: int
     distinct: int
     http_requests: int
+    resent: int | None
     per_server: list[int]
+    killed: int | None
     cache_hits: int | None
     in_flight_hits: int | None
     wrong: int
@@ -162,11 +164,12 @@ async def run(name: str, search: Search, urls: list[str], servers: Servers, turn
     total = sum(len(q) for q in turns)
     latencies: list[float] = []
     wrong = failed = 0
+    killed_after: int | None = None  # queries the killed server had run when it was killed
     before = await servers.served()
     target = urls[0] if search is upstream_search else urls
 
     async def sample(index: int) -> None:
-        nonlocal wrong, failed
+        nonlocal wrong, failed, killed_after
         for turn, queries in enumerate(turns):
             await asyncio.sleep(delays[turn][index])
             query = queries[index]
@@ -178,7 +181,8 @@ async def run(name: str, search: Search, urls: list[str], servers: Servers, turn
             else:
                 latencies.append(time.monotonic() - started)
                 wrong += result != expected[query]
-            if kill is not None and len(latencies) + failed == total // 2:
+            if kill is not None and len(latencies) + failed == int(total * args.kill_at):
+                killed_after = (await servers.served())[kill]
                 servers.kill(kill)
 
     started = time.monotonic()
@@ -192,7 +196,9 @@ async def run(name: str, search: Search, urls: list[str], servers: Servers, turn
         queries=total,
         distinct=len(set().union(*turns)),
         http_requests=total if stats is None else stats.http_requests,  # upstream: one request per search
-        per_server=[b - a if b >= 0 else -1 for a, b in zip(before, after)][: len(urls)],
+        resent=None if stats is None else stats.http_requests - stats.batches,  # retries and failovers
+        per_server=[(b if b >= 0 else killed_after) - a for a, b in zip(before, after)][: len(urls)],
+        killed=kill,
         cache_hits=stats.cache_hits if stats else None,
         in_flight_hits=stats.in_flight_hits if stats else None,
         wrong=wrong,
@@ -207,7 +213,8 @@ def report(outcomes: list[Outcome], width: int = 16) -> str:
         ("queries issued", lambda o: o.queries),
         ("distinct queries", lambda o: o.distinct),
         ("HTTP requests to retrievers", lambda o: o.http_requests),
-        ("queries each server ran", lambda o: "/".join("gone" if n < 0 else str(n) for n in o.per_server)),
+        ("requests re-sent (failover)", lambda o: "-" if o.resent is None else o.resent),
+        ("queries each server ran", lambda o: "/".join(f"{n}{'x' * (i == o.killed)}" for i, n in enumerate(o.per_server))),
         ("queries per HTTP request", lambda o: f"{o.queries / max(o.http_requests, 1):.1f}"),
         ("cache hits", lambda o: "-" if o.cache_hits is None else o.cache_hits),
         ("single-flight hits", lambda o: "-" if o.in_flight_hits is None else o.in_flight_hits),
@@ -244,8 +251,8 @@ def measure(args: argparse.Namespace) -> bool:
 
         spread = [measured(f"{n} server{'s' * (n > 1)}", our_search, n) for n in range(1, args.servers + 1)]
         killed = measured(f"{args.servers}, 1 killed", our_search, args.servers, kill=args.servers - 1)
-        print("2. scale-out: ours over several servers (in the last column the last server is killed half way)\n"
-              + report(spread + [killed], 18))
+        print(f"2. scale-out: ours over several servers; in the last column the last server is killed (SIGKILL) once "
+              f"{args.kill_at:.0%} of the searches are done (x: the queries it ran until then)\n" + report(spread + [killed], 18))
         all_busy = all(n > 0 for o in spread for n in o.per_server)
         print(f"every listed server got queries while all were up: {all_busy}")
         return all(o.wrong == 0 and o.failed == 0 for o in compared + spread + [killed]) and reduction >= 4 and all_busy
@@ -261,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", type=int, default=4, help="distinct follow-up queries per prompt after turn 1")
     parser.add_argument("--spread-ms", type=float, default=200.0, help="generation time before a search: uniform 0..this")
     parser.add_argument("--servers", type=int, default=3, help="the most retrieval servers behind the client")
+    parser.add_argument("--kill-at", type=float, default=0.6, help="fraction of the searches done when a server is killed")
     parser.add_argument("--server-threads", type=int, default=1, help="torch threads of each server process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work" / "demo")
