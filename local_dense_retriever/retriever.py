@@ -8,7 +8,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from local_dense_retriever.corpus import CorpusStore
-from local_dense_retriever.server_config import ServerConfig
+from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, ServerConfig
 
 
 class SearchResult(NamedTuple):
@@ -51,7 +51,7 @@ class Retriever:
     reranker's order (and scores) decide which ``k`` are served.
     """
 
-    def __init__(self, searcher: Searcher, corpus: CorpusStore, reranker: Reranker | None = None, candidates: int = 10):
+    def __init__(self, searcher: Searcher, corpus: CorpusStore, reranker: Reranker | None = None, candidates: int = DEFAULT_RERANK_CANDIDATES):
         if searcher.size != len(corpus):
             raise ValueError(
                 f"the index holds {searcher.size} passages but the corpus {corpus.corpus_path} has {len(corpus)}: "
