@@ -51,13 +51,13 @@ class ServerConfig:
     reranker_batch_size: int = 32
 
     def __post_init__(self) -> None:
-        self._check_rerank()
         if self.topk < 1:
             raise ValueError(f"--topk must be at least 1, got {self.topk}")
         if self.max_batch_size < 1:
             raise ValueError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.max_wait_ms < 0 or self.max_gap_ms < 0:
             raise ValueError(f"--max_wait_ms and --max_gap_ms must be >= 0, got {self.max_wait_ms} and {self.max_gap_ms}")
+        self._check_rerank()
 
     def _check_rerank(self) -> None:
         if self.reranker_model is None:
