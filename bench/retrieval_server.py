@@ -136,15 +136,21 @@ async def load(url: str, clients: int, duration: float, warmup: float, topk: int
     }
 
 
-def run_server_phase(config: ServerConfig, args: argparse.Namespace) -> dict:
-    port = free_port()
+def start_server(config: ServerConfig, port: int, *flags: str) -> subprocess.Popen:
+    """``retrieval_server`` for ``config`` on CPU at 127.0.0.1:``port``, in its own process; ``flags`` are appended."""
     cmd = [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", config.index_path,
            "--corpus_path", config.corpus_path, "--retriever_name", config.retriever_name,
-           "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port),
-           "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
-           "--max_gap_ms", str(args.max_gap_ms), "--log_level", "warning"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
+           "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port), "--log_level", "warning"]
+    if config.corpus_arrow_path:
+        cmd += ["--corpus_arrow_path", config.corpus_arrow_path]
+    return subprocess.Popen([*cmd, *flags], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def run_server_phase(config: ServerConfig, args: argparse.Namespace, extra_flags: tuple[str, ...] = ()) -> dict:
+    """``extra_flags`` are appended to the server's command line (bench/rerank_server.py adds its reranker)."""
+    port = free_port()
+    server = start_server(config, port, "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
+                          "--max_gap_ms", str(args.max_gap_ms), *extra_flags)
     url = f"http://127.0.0.1:{port}"
 
     async def main() -> dict:

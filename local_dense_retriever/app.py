@@ -93,6 +93,8 @@ def create_app(
         if state.retriever is not None:
             body["passages"] = len(state.retriever)
             body["searcher"] = state.retriever.searcher.describe()
+            if (reranker := state.retriever.describe_reranker()) is not None:
+                body["reranker"] = reranker
         if state.batcher is not None:
             body["served"] = {"batches": state.batcher.batches_run, "queries": state.batcher.queries_run}
         return _json(body, 200 if state.status == "ready" else 503)
@@ -113,8 +115,8 @@ def create_app(
             detail = f"the retriever is {state.status}" + (f": {state.error}" if state.error else "; retry shortly")
             return _json({"detail": detail}, 503, {"Retry-After": RETRY_AFTER_S})
         topk = request.topk if request.topk is not None else config.topk
-        if topk > len(state.retriever):
-            return _json({"detail": f"topk={topk} exceeds the corpus size ({len(state.retriever)} passages); ask for at most that many"}, 422)
+        if (problem := state.retriever.topk_problem(topk)) is not None:
+            return _json({"detail": problem}, 422)
         try:
             hits = await state.batcher.submit(request.queries, topk)
         except Overloaded as exc:

@@ -7,10 +7,11 @@ lower recall. The conventions per model family live in ``encoder_config``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 
 from local_dense_retriever.encoder_config import POOLINGS, EncoderConfig
 
@@ -39,6 +40,20 @@ def pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, pooler_o
             raise ValueError("pooling 'pooler' needs a model with a pooler head; use 'mean' or 'cls'")
         return pooler_output
     raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+
+
+def length_sorted_chunks(
+    tokenizer: PreTrainedTokenizerBase, encoded: BatchEncoding, chunk_size: int, device: torch.device
+) -> Iterator[tuple[list[int], BatchEncoding]]:
+    """Yield ``(rows, inputs)``: the rows of ``encoded`` (tokenized, not padded) in groups of at most
+    ``chunk_size`` of similar token length, each padded to its group's longest and put on ``device``.
+    The model then pads to its group's longest text, not to the longest of all."""
+    columns = list(encoded.keys())
+    order = sorted(range(len(encoded["input_ids"])), key=lambda i: len(encoded["input_ids"][i]))
+    for start in range(0, len(order), chunk_size):
+        rows = order[start : start + chunk_size]
+        features = [{name: encoded[name][i] for name in columns} for i in rows]
+        yield rows, tokenizer.pad(features, return_tensors="pt").to(device)
 
 
 class Encoder:
@@ -75,13 +90,9 @@ class Encoder:
         """
         prefix = self.config.prefix(is_query)
         encoded = self.tokenizer([prefix + text for text in texts], max_length=self.config.max_length, truncation=True)
-        columns = list(encoded.keys())
-        order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
         vectors = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(order), self.config.chunk_size):
-            rows = order[start : start + self.config.chunk_size]
-            features = [{name: encoded[name][i] for name in columns} for i in rows]
-            vectors[rows] = self._forward(self.tokenizer.pad(features, return_tensors="pt").to(self.device))
+        for rows, inputs in length_sorted_chunks(self.tokenizer, encoded, self.config.chunk_size, self.device):
+            vectors[rows] = self._forward(inputs)
         return vectors
 
     def _forward(self, inputs) -> np.ndarray:

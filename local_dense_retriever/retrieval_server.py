@@ -17,7 +17,7 @@ import uvicorn
 
 from local_dense_retriever.encoder_config import add_encoder_arguments
 from local_dense_retriever.logs import setup_logging
-from local_dense_retriever.server_config import ServerConfig
+from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, PRECISIONS, ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max_pending_queries", type=int, default=defaults.max_pending_queries, help="beyond this many waiting queries, answer 503")
     batch.add_argument("--max_queries_per_request", type=int, default=defaults.max_queries_per_request)
     batch.add_argument("--max_query_chars", type=int, default=defaults.max_query_chars)
+    rerank = p.add_argument_group("rerank stage (Search-R1's hierarchical retriever; off unless --reranker_model is set)")
+    rerank.add_argument("--reranker_model", default=None, help="Hugging Face cross-encoder id or directory, e.g. cross-encoder/ms-marco-MiniLM-L12-v2")
+    rerank.add_argument("--retrieval_topk", type=int, default=None, help=f"candidates per query the reranker orders (default {DEFAULT_RERANK_CANDIDATES}); at least --topk")
+    rerank.add_argument("--reranking_topk", dest="topk", type=int, default=argparse.SUPPRESS, help="upstream's name for --topk")
+    rerank.add_argument("--reranker_batch_size", type=int, default=defaults.reranker_batch_size, help="pairs per model call, grouped by length")
+    rerank.add_argument("--reranker_max_length", type=int, default=defaults.reranker_max_length, help="token limit of a (query, passage) pair")
+    rerank.add_argument("--reranker_precision", choices=PRECISIONS, default=defaults.reranker_precision, help="auto: fp16 on GPU; the CPU default otherwise")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -56,9 +63,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:  # flags that contradict each other: say which, exit 2 like argparse
+        parser.error(str(exc))
 
     from local_dense_retriever.app import create_app
 

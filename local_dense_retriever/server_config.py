@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from local_dense_retriever.encoder_config import EncoderConfig, Pooling, encoder_config_from
 
+# Search-R1's hierarchical retriever hands its cross-encoder the first stage's top 10.
+DEFAULT_RERANK_CANDIDATES = 10
+# Kept in step with local_dense_retriever.precision (which imports torch; this module must not).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -36,6 +41,14 @@ class ServerConfig:
     # Request bounds (validated with a 422 before any work is done).
     max_queries_per_request: int = 1024
     max_query_chars: int = 4096
+    # Rerank stage (off unless reranker_model is set): the first stage retrieves retrieval_topk
+    # candidates per query (None: DEFAULT_RERANK_CANDIDATES), a cross-encoder scores each
+    # (query, passage) pair in batches of reranker_batch_size pairs, and the best topk are served.
+    reranker_model: str | None = None
+    retrieval_topk: int | None = None
+    reranker_precision: str = "auto"
+    reranker_max_length: int = 512
+    reranker_batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.topk < 1:
@@ -44,6 +57,33 @@ class ServerConfig:
             raise ValueError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.max_wait_ms < 0 or self.max_gap_ms < 0:
             raise ValueError(f"--max_wait_ms and --max_gap_ms must be >= 0, got {self.max_wait_ms} and {self.max_gap_ms}")
+        self._check_rerank()
+
+    def _check_rerank(self) -> None:
+        if self.reranker_model is None:
+            if self.retrieval_topk is not None:
+                raise ValueError("--retrieval_topk sets the candidates a reranker orders; it needs --reranker_model")
+            return
+        if self.reranker_precision not in PRECISIONS:
+            raise ValueError(f"--reranker_precision must be one of {PRECISIONS}, got {self.reranker_precision!r}")
+        if self.reranker_max_length < 2 or self.reranker_batch_size < 1:
+            raise ValueError(
+                f"--reranker_max_length must be at least 2 and --reranker_batch_size at least 1, "
+                f"got {self.reranker_max_length} and {self.reranker_batch_size}"
+            )
+        candidates = self.rerank_candidates
+        if candidates is not None and candidates < self.topk:
+            raise ValueError(
+                f"--retrieval_topk ({candidates}) must be at least --topk ({self.topk}): the reranker can only "
+                "serve passages the first stage retrieved"
+            )
+
+    @property
+    def rerank_candidates(self) -> int | None:
+        """Passages per query the first stage hands the reranker; None without a reranker."""
+        if self.reranker_model is None:
+            return None
+        return DEFAULT_RERANK_CANDIDATES if self.retrieval_topk is None else self.retrieval_topk
 
     @property
     def is_bm25(self) -> bool:

@@ -6,7 +6,6 @@ import ast
 from importlib.metadata import entry_points
 from pathlib import Path
 
-import pytest
 import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +44,6 @@ def test_the_server_package_imports_nothing_of_the_plugin():
         assert not imported_top_level_names(path) & PLUGIN_MODULES, path
 
 
-@pytest.mark.xfail(strict=True, reason="bench/search_client.py still borrows the tests' retriever stand-in")
 def test_benchmarks_do_not_import_the_tests():
     for path in sorted((REPO / "bench").rglob("*.py")):
         assert "tests" not in imported_top_level_names(path), path
