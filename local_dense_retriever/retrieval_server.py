@@ -5,12 +5,15 @@ The server itself is built by ``local_dense_retriever.app.create_app``.
     python -m local_dense_retriever.retrieval_server \\
         --index_path e5_Flat.index --corpus_path wiki-18.jsonl --topk 3 \\
         --retriever_name e5 --retriever_model intfloat/e5-base-v2 [--faiss_gpu]
+
+With ``RETRIEVAL_API_KEY`` set (or ``--api_key``) ``/retrieve`` requires ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -20,6 +23,9 @@ from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
+
+# The access token's environment variable; the client (local_search_server) reads the same name.
+API_KEY_ENV = "RETRIEVAL_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--max_pending_queries", type=int, default=defaults.max_pending_queries, help="beyond this many waiting queries, answer 503")
     batch.add_argument("--max_queries_per_request", type=int, default=defaults.max_queries_per_request)
     batch.add_argument("--max_query_chars", type=int, default=defaults.max_query_chars)
+    guard = p.add_argument_group("refusals and access")
+    guard.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                       help="larger request bodies get 413 unread (default: the largest valid request, "
+                            "from --max_queries_per_request and --max_query_chars)")
+    guard.add_argument("--body_timeout_s", type=float, default=defaults.body_timeout_s,
+                       help="a request body not complete after this many seconds gets 408")
+    guard.add_argument("--max_topk", type=int, default=defaults.max_topk, help="the largest topk a request may ask for")
+    # A set but empty variable counts as unset.
+    guard.add_argument("--api_key", default=os.environ.get(API_KEY_ENV) or None,
+                       help=f"require 'Authorization: Bearer <token>' on /retrieve (default: ${API_KEY_ENV} if set); "
+                            "prefer the variable: a command line is visible to every user of the machine")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
