@@ -55,10 +55,10 @@ class BodyLimits:
     """Pure ASGI middleware: a request body too large or too slow is refused as the app reads it.
 
     A body whose ``Content-Length`` exceeds ``max_bytes`` is refused (413) at the app's first read,
-    before a byte of it is asked for: uvicorn buffers at most 64 KiB of a body the app has not
-    read (then stops reading the socket), so the server's memory does not grow with the claim. A
-    body without a length (chunked) is counted as it arrives and refused once it passes
-    ``max_bytes``. A body not complete within ``timeout_s`` of the request's start gets 408: the
+    before a byte of it is asked for: uvicorn buffers about 64 KiB of a body the app has not read
+    (then stops reading the socket), so the server's memory does not grow with the claim. A body
+    without a length (chunked) is counted as it arrives and refused once it passes ``max_bytes``,
+    which is then the most memory it costs (bench/server_limits.py measures both). A body not complete within ``timeout_s`` of the request's start gets 408: the
     event loop is never blocked by a slow client, but without a deadline each one would hold a
     connection and its partial body for as long as it likes (uvicorn's own timeout,
     ``timeout_keep_alive``, only closes connections idle *between* requests; it has none for
