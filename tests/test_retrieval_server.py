@@ -302,8 +302,9 @@ def test_the_command_line_exits_with_an_error_when_loading_fails(tmp_path):
     assert main(argv) == 1
 
 
-def test_command_line_defaults_are_the_config_defaults():
+def test_command_line_defaults_are_the_config_defaults(monkeypatch):
     from local_dense_retriever.retrieval_server import build_parser, config_from_args
 
+    monkeypatch.delenv("RETRIEVAL_API_KEY", raising=False)  # the only default taken from the environment
     args = build_parser().parse_args(["--index_path", "i", "--corpus_path", "c"])
     assert config_from_args(args) == ServerConfig(index_path="i", corpus_path="c")

@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import itertools
 import json
+import logging
 import re
 import select
 import socket
@@ -146,6 +147,24 @@ def test_a_slow_body_gets_408_and_others_are_served_meanwhile(server, expected):
         status, headers, body = read_response(slow)
     assert status == 408 and headers["connection"] == "close"
     assert json.loads(body) == {"detail": "the request body did not arrive within 2 s (--body_timeout_s)"}
+
+
+def test_a_client_that_leaves_mid_body_costs_no_error(server, expected):
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # uvicorn logs an app's exception here, traceback and all
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        address = urlsplit(server)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as leaving:
+            leaving.sendall(head(100) + b'{"queries": [')
+            time.sleep(0.2)  # the server is waiting for the rest
+        time.sleep(0.2)
+        status, answer = post(server, {"queries": [QUERIES[0]]})
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert status == 200 and ids(answer["result"][0]) == expected[QUERIES[0]][0][:2]
+    assert [record.getMessage() for record in errors] == []
 
 
 def test_a_body_of_exactly_the_limit_is_taken_and_one_byte_more_is_not(limited):
