@@ -115,7 +115,7 @@ class Health(BaseModel):
     error: str | None = Field(default=None, description="why loading failed")
     passages: int | None = None
     searcher: dict[str, Any] | None = None
-    served: dict[str, int] | None = None
+    served: dict[str, Any] | None = None
 
 
 def _error(description: str, model: type[BaseModel] = ErrorMessage, headers: dict[str, dict] | None = None) -> dict:

@@ -126,6 +126,14 @@ def test_a_body_claiming_512_mb_is_refused_at_once_unread(server, limited, expec
     assert status == 200 and ids(answer["result"][0]) == expected[QUERIES[0]][0][:2]
 
 
+def test_a_client_that_asks_before_sending_gets_413_instead_of_100_continue(server):
+    # curl sends "Expect: 100-continue" before large bodies and waits: it must not be invited to send.
+    address = urlsplit(server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head(512 * 2**20, Expect="100-continue"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")
+
+
 def test_a_chunked_body_is_refused_once_it_passes_the_limit(server, limited):
     piece = b" " * 4096  # JSON whitespace: only the size can refuse it
     status, headers, body, sent = exchange(server, head(), itertools.repeat(chunk(piece), 1000))
