@@ -5,31 +5,58 @@ Response: ``{"result": [per-query list]}`` where an item is the passage (``{"id"
 or, with ``return_scores``, ``{"document": passage, "score": float}``. A client written for
 upstream's server sends the same body and reads the same answer; unknown extra fields are ignored
 as upstream's server ignored them.
+
+The models below also make the published OpenAPI schema: every constraint the server enforces on a
+request is in the request schema, and every answer it can give has a documented body.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from local_dense_retriever.retriever import Hit
 
+# A query must contain a character outside this class: Python's whitespace (str.isspace, what
+# str.strip removes), spelled out so that ECMA-262 regex engines (JSON Schema's dialect, whose \s
+# differs in a few characters) and Python read the published pattern the same way.
+NOT_BLANK_PATTERN = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
 
-def request_model(max_queries: int, max_query_chars: int) -> type[BaseModel]:
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's integer is any number without a fraction (3.0 too), as JSON has one number
+    # type; strings and booleans stay refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type[BaseModel]:
     """A request model with the server's bounds (pydantic reports violations as 422)."""
+    # The validator below enforces the per-query bounds with messages that name the query; the
+    # schema states the same bounds for schema-driven clients.
+    query_schema = {"type": "string", "maxLength": max_query_chars, "pattern": NOT_BLANK_PATTERN}
 
     class RetrieveRequest(BaseModel):
-        queries: list[str] = Field(min_length=1, max_length=max_queries)
-        # None (or absent): the server's --topk. The upper bound (corpus size) is checked later.
-        topk: StrictInt | None = Field(default=None, ge=1)
-        return_scores: StrictBool = False
+        queries: list[str] = Field(
+            min_length=1,
+            max_length=max_queries,
+            description=f"1 to {max_queries} queries, each of 1 to {max_query_chars} characters, not all whitespace",
+            json_schema_extra={"items": query_schema},
+        )
+        # None (or absent): the server's --topk. A corpus smaller than topk gives all its passages.
+        topk: Annotated[StrictInt, Field(ge=1, le=max_topk), BeforeValidator(_whole_number)] | None = Field(
+            default=None, description="passages per query (default: the server's --topk)"
+        )
+        return_scores: StrictBool = Field(default=False, description='wrap each passage as {"document", "score"}')
 
         @field_validator("queries")
         @classmethod
         def _queries_are_text(cls, queries: list[str]) -> list[str]:
             for i, query in enumerate(queries):
-                if not query.strip():
+                if not _NOT_BLANK.search(query):
                     raise ValueError(f"queries[{i}] is empty or blank; every query must contain text")
                 if len(query) > max_query_chars:
                     raise ValueError(
@@ -45,3 +72,81 @@ def format_result(hits_per_query: Sequence[Sequence[Hit]], return_scores: bool) 
     if return_scores:
         return {"result": [[{"document": h.document, "score": h.score} for h in hits] for hits in hits_per_query]}
     return {"result": [[h.document for h in hits] for hits in hits_per_query]}
+
+
+# Response bodies, for the OpenAPI document only (the server writes its JSON directly).
+
+
+class Passage(BaseModel):
+    """A corpus row as stored: contents (a quoted title, a line break, the text), id and any other field of the corpus."""
+
+    model_config = ConfigDict(extra="allow")
+    contents: str
+
+
+class ScoredPassage(BaseModel):
+    document: Passage
+    score: float
+
+
+class RetrieveResponse(BaseModel):
+    result: list[list[Passage]] | list[list[ScoredPassage]] = Field(
+        description="one list per query, best first; at most topk passages (fewer when fewer match)"
+    )
+
+
+class ErrorMessage(BaseModel):
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationIssue]
+
+
+class Health(BaseModel):
+    status: Literal["loading", "ready", "failed"]
+    config: dict[str, Any] = Field(description="the server's settings (the access token redacted)")
+    error: str | None = Field(default=None, description="why loading failed")
+    passages: int | None = None
+    searcher: dict[str, Any] | None = None
+    served: dict[str, Any] | None = None
+
+
+def _error(description: str, model: type[BaseModel] = ErrorMessage, headers: dict[str, dict] | None = None) -> dict:
+    doc: dict = {"model": model, "description": description}
+    if headers:
+        doc["headers"] = {name: {**header, "required": True} for name, header in headers.items()}
+    return doc
+
+
+def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
+    """Every answer ``POST /retrieve`` can give (FastAPI's ``responses``)."""
+    responses: dict[int | str, dict] = {
+        200: {"model": RetrieveResponse, "description": "the passages for each query"},
+        408: _error("the body did not arrive within --body_timeout_s; the connection is closed"),
+        413: _error("the body is larger than --max_body_bytes (from Content-Length, before it is read); the connection is closed"),
+        422: _error("the body is not valid JSON or breaks a constraint of the request schema", ValidationErrorBody),
+        500: _error("the search failed (the reason is in detail); the next request is served normally"),
+        503: _error(
+            "the retriever is loading or overloaded; retry later",
+            headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 0}}},
+        ),
+    }
+    if with_token:
+        responses[401] = _error(
+            "no or wrong access token (send Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": {"description": "the scheme to use", "schema": {"type": "string", "const": "Bearer"}}},
+        )
+    return dict(sorted(responses.items()))
+
+
+HEALTH_RESPONSES: dict[int | str, dict] = {
+    200: {"model": Health, "description": "ready"},
+    503: {"model": Health, "description": "loading, or loading failed (see error)"},
+}

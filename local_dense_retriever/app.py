@@ -4,22 +4,31 @@ Loading wiki-18 takes minutes, so the lifespan starts loading in the background 
 answers at once: ``/health`` says ``loading`` (503) until the retriever is ready (200), and
 ``/retrieve`` answers 503 with ``Retry-After`` meanwhile. A load that fails is reported by
 ``/health`` (``failed`` and the reason) and handed to ``on_load_error`` (the CLI exits).
+
+What the server cannot take it refuses before doing any work, with ``{"detail": ...}``: a body
+larger than the largest valid request (413, see ``BodyLimits``), a body that does not arrive in
+time (408), a missing or wrong access token when one is configured (401), an invalid request (422),
+overload (503 with ``Retry-After``). The OpenAPI document lists every one of these answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from local_dense_retriever.api import format_result, request_model
+from local_dense_retriever.api import HEALTH_RESPONSES, format_result, request_model, retrieve_responses
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
 from local_dense_retriever.retriever import Hit, Retriever, load_retriever
 from local_dense_retriever.server_config import ServerConfig
@@ -40,6 +49,66 @@ class _State:
 def _json(content: dict, status_code: int = 200, headers: dict | None = None) -> Response:
     # Serialise directly: the response is plain JSON data, FastAPI's encoder pass would only cost time.
     return Response(json.dumps(content, ensure_ascii=False), status_code, headers, media_type="application/json")
+
+
+class BodyLimits:
+    """Pure ASGI middleware: a request body too large or too slow is refused as the app reads it.
+
+    A body whose ``Content-Length`` exceeds ``max_bytes`` is refused (413) at the app's first read,
+    before a byte of it is asked for: uvicorn buffers about 64 KiB of a body the app has not read
+    (then stops reading the socket), so the server's memory does not grow with the claim. A body
+    without a length (chunked) is counted as it arrives and refused once it passes ``max_bytes``,
+    which is then the most memory it costs (bench/server_limits.py measures both). A body not complete within ``timeout_s`` of the request's start gets 408: the
+    event loop is never blocked by a slow client, but without a deadline each one would hold a
+    connection and its partial body for as long as it likes (uvicorn's own timeout,
+    ``timeout_keep_alive``, only closes connections idle *between* requests; it has none for
+    reading headers or a body). Both refusals close the connection, whose unread rest is not
+    wanted. The refusal is an ``HTTPException`` raised from ``receive``, which FastAPI lets through
+    its body parsing and turns into ``{"detail": ...}``; routes that never read a body (``/health``)
+    are unaffected.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        declared = next((int(value) for name, value in scope["headers"] if name == b"content-length"), None)
+        received, complete = 0, False
+
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # later reads only wait for a disconnect
+                return await receive()
+            if declared is not None and declared > self.max_bytes:
+                raise _refusal(413, f"the request body is {declared} bytes; this server takes at most {self.max_bytes} "
+                               "(--max_body_bytes): send fewer or shorter queries per request")
+            try:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                raise _refusal(408, f"the request body did not arrive within {self.timeout_s:g} s (--body_timeout_s)") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise _refusal(413, f"the request body passed {self.max_bytes} bytes, the most this server takes "
+                                   "(--max_body_bytes): send fewer or shorter queries per request")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _refusal(status: int, detail: str) -> HTTPException:
+    return HTTPException(status, detail, headers={"Connection": "close"})
+
+
+def _public_config(config: ServerConfig) -> dict:
+    """The config as /health shows it: the access token is never shown, only whether one is set."""
+    return {**asdict(config), "api_key": "<redacted>" if config.api_key else None}
 
 
 def create_app(
@@ -82,12 +151,13 @@ def create_app(
                 await asyncio.to_thread(state.batcher.stop)
 
     app = FastAPI(title="Search-R1 local retrieval server", lifespan=lifespan)
+    app.add_middleware(BodyLimits, max_bytes=config.body_limit, timeout_s=config.body_timeout_s)
     app.state.retrieval = state
-    RetrieveRequest = request_model(config.max_queries_per_request, config.max_query_chars)
+    RetrieveRequest = request_model(config.max_queries_per_request, config.max_query_chars, config.max_topk)
 
-    @app.get("/health")
+    @app.get("/health", responses=HEALTH_RESPONSES)
     async def health() -> Response:
-        body: dict = {"status": state.status, "config": asdict(config)}
+        body: dict = {"status": state.status, "config": _public_config(config)}
         if state.error:
             body["error"] = state.error
         if state.retriever is not None:
@@ -105,16 +175,25 @@ def create_app(
     # published in the OpenAPI docs.
     body_schema = {"application/json": {"schema": RetrieveRequest.model_json_schema()}}
 
-    @app.post("/retrieve", openapi_extra={"requestBody": {"required": True, "content": body_schema}})
+    @app.post(
+        "/retrieve",
+        openapi_extra={"requestBody": {"required": True, "content": body_schema}},
+        responses=retrieve_responses(with_token=config.api_key is not None),
+        dependencies=[] if config.api_key is None else [Depends(_token_check(config.api_key))],
+    )
     async def retrieve(raw: Request) -> Response:
         try:
             request = RetrieveRequest.model_validate_json(await raw.body())
         except ValidationError as exc:
             return _json({"detail": exc.errors(include_url=False, include_context=False, include_input=False)}, 422)
+        except ClientDisconnect:  # gone before its body arrived: nobody reads an answer
+            logger.debug("a client disconnected while sending its request")
+            return Response(status_code=400)
         if state.batcher is None or state.retriever is None:
             detail = f"the retriever is {state.status}" + (f": {state.error}" if state.error else "; retry shortly")
             return _json({"detail": detail}, 503, {"Retry-After": RETRY_AFTER_S})
-        topk = request.topk if request.topk is not None else config.topk
+        # A corpus smaller than topk gives all its passages (as an index with fewer hits would).
+        topk = min(request.topk if request.topk is not None else config.topk, len(state.retriever))
         if (problem := state.retriever.topk_problem(topk)) is not None:
             return _json({"detail": problem}, 422)
         try:
@@ -126,3 +205,22 @@ def create_app(
         return _json(format_result(hits, request.return_scores))
 
     return app
+
+
+def _token_check(api_key: str) -> Callable[..., Awaitable[None]]:
+    """A dependency requiring ``Authorization: Bearer <api_key>``; declares the scheme in OpenAPI."""
+    expected = api_key.encode()
+    bearer = HTTPBearer(auto_error=False, description="the server's --api_key (or RETRIEVAL_API_KEY)")
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if credentials is None:
+            problem = "this server requires an access token"
+        # Constant time: how long a comparison takes must not tell how much of a guess was right.
+        elif not hmac.compare_digest(credentials.credentials.encode(), expected):
+            problem = "the access token is wrong"
+        else:
+            return
+        raise HTTPException(401, f"{problem}: send the header 'Authorization: Bearer <token>' with the server's "
+                            "--api_key (clients: RETRIEVAL_API_KEY)", headers={"WWW-Authenticate": "Bearer"})
+
+    return check

@@ -5,12 +5,15 @@ The server itself is built by ``local_dense_retriever.app.create_app``.
     python -m local_dense_retriever.retrieval_server \\
         --index_path e5_Flat.index --corpus_path wiki-18.jsonl --topk 3 \\
         --retriever_name e5 --retriever_model intfloat/e5-base-v2 [--faiss_gpu]
+
+With ``RETRIEVAL_API_KEY`` set (or ``--api_key``) ``/retrieve`` requires ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvicorn
@@ -20,6 +23,9 @@ from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, PRECISIONS, ServerConfig
 
 logger = logging.getLogger(__name__)
+
+# The access token's environment variable; the client (local_search_server) reads the same name.
+API_KEY_ENV = "RETRIEVAL_API_KEY"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.add_argument("--reranker_batch_size", type=int, default=defaults.reranker_batch_size, help="pairs per model call, grouped by length")
     rerank.add_argument("--reranker_max_length", type=int, default=defaults.reranker_max_length, help="token limit of a (query, passage) pair")
     rerank.add_argument("--reranker_precision", choices=PRECISIONS, default=defaults.reranker_precision, help="auto: fp16 on GPU; the CPU default otherwise")
+    guard = p.add_argument_group("refusals and access")
+    guard.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                       help="larger request bodies get 413 unread (default: the largest valid request, "
+                            "from --max_queries_per_request and --max_query_chars)")
+    guard.add_argument("--body_timeout_s", type=float, default=defaults.body_timeout_s,
+                       help="a request body not complete after this many seconds gets 408")
+    guard.add_argument("--max_topk", type=int, default=defaults.max_topk, help="the largest topk a request may ask for")
+    # A set but empty variable counts as unset.
+    guard.add_argument("--api_key", default=os.environ.get(API_KEY_ENV) or None,
+                       help=f"require 'Authorization: Bearer <token>' on /retrieve (default: ${API_KEY_ENV} if set); "
+                            "prefer the variable: a command line is visible to every user of the machine")
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 

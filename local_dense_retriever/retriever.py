@@ -68,8 +68,6 @@ class Retriever:
 
     def topk_problem(self, k: int) -> str | None:
         """Why ``k`` passages per query cannot be served (None when they can)."""
-        if k > len(self):
-            return f"topk={k} exceeds the corpus size ({len(self)} passages); ask for at most that many"
         if self.reranker is not None and k > self.candidates:
             return (
                 f"topk={k} exceeds the {self.candidates} candidates the reranker orders per query (--retrieval_topk); "

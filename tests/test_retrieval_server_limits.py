@@ -1,0 +1,319 @@
+"""What the retrieval server refuses, and says it refuses: bodies too large (413) or too slow
+(408), a missing or wrong access token (401), and the OpenAPI document that announces all of it.
+
+Bodies are sent over raw sockets to a real uvicorn server, so what is tested is what a client on
+the network sees: the 413 for a body claiming 512 MB arrives while the client has sent a few bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import itertools
+import json
+import logging
+import re
+import select
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from urllib.parse import urlsplit
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+
+from local_dense_retriever.api import NOT_BLANK_PATTERN
+from local_dense_retriever.app import create_app
+from local_dense_retriever.retrieval_server import build_parser, config_from_args
+from local_dense_retriever.server_config import ServerConfig
+from tests.test_retrieval_server import QUERIES, dense_config, expected, ids, serve, wait_until_ready  # noqa: F401 (fixtures)
+
+TOKEN = "t0ken-for-tests"
+BODY_TIMEOUT_S = 2.0
+
+
+def head(content_length: int | None = None, **headers: str) -> bytes:
+    """A /retrieve request's head; without content_length the body is sent chunked."""
+    lines = ["POST /retrieve HTTP/1.1", "Host: test", "Content-Type: application/json"]
+    lines.append(f"Content-Length: {content_length}" if content_length is not None else "Transfer-Encoding: chunked")
+    lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+
+
+def exchange(url: str, request_head: bytes, body: Iterable[bytes]) -> tuple[int, dict[str, str], bytes, int]:
+    """Send the head, then body pieces until the server answers: (status, headers, body, body bytes sent)."""
+    address = urlsplit(url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(request_head)
+        sent = 0
+        for piece in body:
+            if select.select([sock], [], [], 0.05)[0]:  # answered: stop sending
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:  # the server closed the connection after answering
+                break
+            sent += len(piece)
+        return (*read_response(sock), sent)
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def post(url: str, body: dict, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        connection.request("POST", "/retrieve", json.dumps(body), {"Content-Type": "application/json", **(headers or {})})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@contextlib.contextmanager
+def ready_server(config: ServerConfig) -> Iterator[str]:
+    """The app on a real uvicorn server, loaded; yields its base URL."""
+    with serve(create_app(config)) as url:
+        address = urlsplit(url)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+            connection.request("GET", "/health")
+            if connection.getresponse().status == 200:
+                break
+            time.sleep(0.02)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def limited(dense_config) -> ServerConfig:
+    # The body limit is derived: 8 queries of at most 100 characters.
+    return replace(dense_config, body_timeout_s=BODY_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def server(limited) -> Iterator[str]:
+    with ready_server(limited) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def guarded(dense_config) -> Iterator[TestClient]:
+    with TestClient(create_app(replace(dense_config, api_key=TOKEN))) as client:
+        assert wait_until_ready(client)["status"] == "ready"
+        yield client
+
+
+def test_a_body_claiming_512_mb_is_refused_at_once_unread(server, limited, expected):
+    status, headers, body, sent = exchange(server, head(512 * 2**20), itertools.repeat(b'{"queries": ["', 3))
+    assert status == 413 and sent <= 3 * 14  # answered from the head: the 512 MB were never sent
+    assert json.loads(body) == {"detail": f"the request body is {512 * 2**20} bytes; this server takes at most "
+                                          f"{limited.body_limit} (--max_body_bytes): send fewer or shorter queries per request"}
+    assert headers["connection"] == "close"
+    status, answer = post(server, {"queries": [QUERIES[0]]})
+    assert status == 200 and ids(answer["result"][0]) == expected[QUERIES[0]][0][:2]
+
+
+def test_a_client_that_asks_before_sending_gets_413_instead_of_100_continue(server):
+    # curl sends "Expect: 100-continue" before large bodies and waits: it must not be invited to send.
+    address = urlsplit(server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(head(512 * 2**20, Expect="100-continue"))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_chunked_body_is_refused_once_it_passes_the_limit(server, limited):
+    piece = b" " * 4096  # JSON whitespace: only the size can refuse it
+    status, headers, body, sent = exchange(server, head(), itertools.repeat(chunk(piece), 1000))
+    assert status == 413 and headers["connection"] == "close"
+    assert json.loads(body)["detail"].startswith(f"the request body passed {limited.body_limit} bytes")
+    assert limited.body_limit < sent < limited.body_limit + 20 * len(chunk(piece))  # not the 4 MB offered
+
+
+def test_a_slow_body_gets_408_and_others_are_served_meanwhile(server, expected):
+    address = urlsplit(server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as slow:
+        slow.sendall(head(100) + b'{"queries": [')  # ...and nothing more
+        started = time.monotonic()
+        for query in QUERIES:
+            status, answer = post(server, {"queries": [query], "topk": 3})
+            assert status == 200 and ids(answer["result"][0]) == expected[query][0][:3]
+        assert time.monotonic() - started < BODY_TIMEOUT_S  # else the next check proves nothing
+        assert not select.select([slow], [], [], 0)[0]  # the slow client is still waiting
+        status, headers, body = read_response(slow)
+    assert status == 408 and headers["connection"] == "close"
+    assert json.loads(body) == {"detail": "the request body did not arrive within 2 s (--body_timeout_s)"}
+
+
+def test_a_client_that_leaves_mid_body_costs_no_error(server, expected):
+    errors: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = errors.append  # uvicorn logs an app's exception here, traceback and all
+    logging.getLogger("uvicorn.error").addHandler(handler)
+    try:
+        address = urlsplit(server)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as leaving:
+            leaving.sendall(head(100) + b'{"queries": [')
+            time.sleep(0.2)  # the server is waiting for the rest
+        time.sleep(0.2)
+        status, answer = post(server, {"queries": [QUERIES[0]]})
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert status == 200 and ids(answer["result"][0]) == expected[QUERIES[0]][0][:2]
+    assert [record.getMessage() for record in errors] == []
+
+
+def test_a_body_of_exactly_the_limit_is_taken_and_one_byte_more_is_not(limited):
+    request = json.dumps({"queries": [QUERIES[0]], "topk": 1}).encode()
+    with TestClient(create_app(limited)) as client:
+        wait_until_ready(client)
+        at_limit = request.ljust(limited.body_limit)  # trailing JSON whitespace
+        assert client.post("/retrieve", content=at_limit).status_code == 200
+        resp = client.post("/retrieve", content=at_limit + b" ")
+    assert resp.status_code == 413 and f"is {limited.body_limit + 1} bytes" in resp.json()["detail"]
+
+
+def test_the_largest_valid_request_fits_the_derived_limit(limited):
+    # 8 queries of 100 characters that Python's json.dumps writes as 12-byte escapes, pretty-printed.
+    body = json.dumps({"queries": ["\N{GRINNING FACE}" * 100] * 8, "topk": 100, "return_scores": False}, indent=4).encode()
+    assert len(body) > 8 * 100 * 12
+    with TestClient(create_app(limited)) as client:
+        wait_until_ready(client)
+        resp = client.post("/retrieve", content=body)
+    assert resp.status_code == 200 and len(resp.json()["result"]) == 8
+
+
+def test_the_limit_can_be_set(dense_config):
+    with TestClient(create_app(replace(dense_config, max_body_bytes=10))) as client:
+        wait_until_ready(client)
+        resp = client.post("/retrieve", json={"queries": ["q"]})
+    assert resp.status_code == 413 and "takes at most 10 (--max_body_bytes)" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "authorization, problem",
+    [
+        (None, "this server requires an access token"),
+        (f"Basic {TOKEN}", "this server requires an access token"),
+        ("Bearer wrong", "the access token is wrong"),
+        (f"Bearer {TOKEN}x", "the access token is wrong"),
+        (f"Bearer {TOKEN[:-1]}", "the access token is wrong"),
+    ],
+)
+def test_a_missing_or_wrong_token_gets_401(guarded, authorization, problem):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    resp = guarded.post("/retrieve", json={"queries": [QUERIES[0]]}, headers=headers)
+    assert resp.status_code == 401 and resp.headers["WWW-Authenticate"] == "Bearer"
+    assert resp.json() == {"detail": f"{problem}: send the header 'Authorization: Bearer <token>' with the server's "
+                                     "--api_key (clients: RETRIEVAL_API_KEY)"}
+
+
+def test_the_right_token_gets_the_documents(guarded, expected):
+    resp = guarded.post("/retrieve", json={"queries": [QUERIES[1]], "topk": 3}, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 200 and ids(resp.json()["result"][0]) == expected[QUERIES[1]][0][:3]
+
+
+def test_health_stays_open_and_never_shows_the_token(guarded):
+    resp = guarded.get("/health")
+    assert resp.status_code == 200 and resp.json()["config"]["api_key"] == "<redacted>"
+    assert TOKEN not in resp.text
+    assert TOKEN not in repr(replace(ServerConfig(index_path="i", corpus_path="c"), api_key=TOKEN))
+
+
+def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
+    def api_key(*flags: str) -> str | None:
+        return config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags])).api_key
+
+    monkeypatch.setenv("RETRIEVAL_API_KEY", "from-env")
+    assert (api_key(), api_key("--api_key", "from-flag")) == ("from-env", "from-flag")
+    monkeypatch.setenv("RETRIEVAL_API_KEY", "")
+    assert api_key() is None
+
+
+@pytest.mark.parametrize(
+    "settings_, message",
+    [
+        ({"api_key": ""}, "--api_key (or RETRIEVAL_API_KEY) must be non-empty printable ASCII"),
+        ({"api_key": "two words"}, "must be non-empty printable ASCII without spaces"),
+        ({"max_topk": 2, "topk": 3}, "--topk (3) must be at most --max_topk (2)"),
+        ({"max_body_bytes": 0}, "--max_body_bytes must be at least 1"),
+        ({"body_timeout_s": 0}, "--body_timeout_s must be > 0"),
+        ({"max_query_chars": 0}, "--max_query_chars must be at least 1"),
+    ],
+)
+def test_bad_limits_are_refused_at_start(settings_, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        ServerConfig(index_path="i", corpus_path="c", **settings_)
+
+
+def schema_of(app) -> tuple[dict, dict]:
+    doc = app.openapi()
+    return doc, doc["paths"]["/retrieve"]["post"]
+
+
+def test_openapi_lists_every_answer_with_its_body(dense_config):
+    doc, retrieve = schema_of(create_app(replace(dense_config, api_key=TOKEN)))
+    responses = retrieve["responses"]
+    assert set(responses) == {"200", "401", "408", "413", "422", "500", "503"}
+    refs = {status: r["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1] for status, r in responses.items()}
+    assert refs == {"200": "RetrieveResponse", "401": "ErrorMessage", "408": "ErrorMessage", "413": "ErrorMessage",
+                    "422": "ValidationErrorBody", "500": "ErrorMessage", "503": "ErrorMessage"}
+    assert responses["503"]["headers"]["Retry-After"]["required"] is True
+    assert responses["401"]["headers"]["WWW-Authenticate"]["schema"]["const"] == "Bearer"
+    assert doc["components"]["securitySchemes"] == {
+        "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "the server's --api_key (or RETRIEVAL_API_KEY)"}}
+    assert retrieve["security"] == [{"HTTPBearer": []}]
+    assert set(doc["paths"]["/health"]["get"]["responses"]) == {"200", "503"}
+    assert "security" not in doc["paths"]["/health"]["get"]
+
+
+def test_openapi_without_a_token_declares_none(dense_config):
+    doc, retrieve = schema_of(create_app(dense_config))
+    assert "401" not in retrieve["responses"] and "security" not in retrieve and "securitySchemes" not in doc["components"]
+
+
+def test_openapi_request_schema_states_every_constraint(dense_config):
+    _, retrieve = schema_of(create_app(dense_config))
+    request = retrieve["requestBody"]
+    assert request["required"] is True
+    schema = request["content"]["application/json"]["schema"]
+    queries, topk = schema["properties"]["queries"], schema["properties"]["topk"]
+    assert (queries["type"], queries["minItems"], queries["maxItems"]) == ("array", 1, 8)
+    assert queries["items"] == {"type": "string", "maxLength": 100, "pattern": NOT_BLANK_PATTERN}
+    assert topk["anyOf"] == [{"type": "integer", "minimum": 1, "maximum": 100}, {"type": "null"}]
+    assert schema["properties"]["return_scores"]["type"] == "boolean" and schema["required"] == ["queries"]
+
+
+def test_the_not_blank_pattern_is_pythons_whitespace_exactly():
+    # What the schema publishes is what the server checks (str.strip), for every character.
+    pattern = re.compile(NOT_BLANK_PATTERN)
+    assert [c for c in map(chr, range(sys.maxunicode + 1)) if (pattern.fullmatch(c) is None) != c.isspace()] == []
+
+
+@pytest.fixture(scope="module")
+def api_schema(dense_config):
+    with ready_server(replace(dense_config, api_key=TOKEN)) as url:
+        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+
+
+fuzzed = schemathesis.pytest.from_fixture("api_schema")
+
+
+@fuzzed.parametrize()
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_the_server_keeps_every_promise_of_its_openapi_document(case):
+    # All of schemathesis' checks (no 5xx, documented statuses and bodies, valid data accepted,
+    # invalid data refused, auth not ignored...) on generated requests, valid and invalid.
+    case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
