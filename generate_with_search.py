@@ -97,12 +97,11 @@ def resolve_config(args: Any) -> dict[str, Any]:
     """
     override = getattr(args, "search_r1", None) or {}
     if not isinstance(override, Mapping):
-        raise ConfigError(
-            [
-                f"search_r1 must be a mapping of settings (a 'search_r1:' section in the --custom-config-path YAML), "
-                f"got {type(override).__name__}: {override!r}"
-            ]
+        problem = (
+            f"search_r1 must be a mapping of settings (a 'search_r1:' section in the --custom-config-path YAML), "
+            f"got {type(override).__name__}: {override!r}"
         )
+        raise ConfigError([problem])
     return SearchR1Config.checked(_merge(SEARCH_R1_CONFIGS, override)).model_dump()
 
 

@@ -63,7 +63,7 @@ class LocalSearchStats(CacheStats):
 @dataclass
 class _LoopState:
     cache: SearchCache = field(default_factory=SearchCache)
-    coalescers: dict[_Route, "_QueryCoalescer"] = field(default_factory=dict)
+    coalescers: dict[_Route, _QueryCoalescer] = field(default_factory=dict)
     round_robin: itertools.count = field(default_factory=itertools.count)
     batches: int = 0
     http_requests: int = 0

@@ -308,7 +308,8 @@ async def request_json(
         target, probe = turn
         timeout_s = policy.attempt_timeout_s
         if deadline is not None:
-            timeout_s = min(timeout_s or float("inf"), deadline - time.monotonic())
+            # At least a moment: the turn was granted before the deadline, and a probe must report back.
+            timeout_s = max(0.001, min(timeout_s or float("inf"), deadline - time.monotonic()))
         attempts += 1
         if on_attempt is not None:
             on_attempt(target)

@@ -167,7 +167,7 @@ async def test_failures_after_sending_are_not_retried_when_the_policy_says_so(cl
 
 
 async def test_several_servers_fail_over_to_one_that_answers(cleanup):
-    handler, calls = scripted((200, '{"ok": 1}', None))
+    handler, _ = scripted((200, '{"ok": 1}', None))
     url, runner = await serve(handler)
     cleanup.append(runner)
     with socket.socket() as sock:

@@ -80,7 +80,7 @@ class Rollout:
             partial_rollout=False,
             search_r1={"max_turns": 2, "search_timeout": TIMEOUT, "local": {"search_url": search_url}, **search_r1},
         )
-        params = dict(temperature=1.0, top_p=1.0, max_new_tokens=600, stop=None, no_stop_trim=True)
+        params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 600, "stop": None, "no_stop_trim": True}
 
         async def one(i: int) -> NewSample:
             await asyncio.sleep(starts[i])
