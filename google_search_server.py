@@ -87,7 +87,7 @@ async def google_search(
             f"no serper.dev API key: set google.api_key in SEARCH_R1_CONFIGS (or under search_r1: google: "
             f"api_key: in the YAML given to --custom-config-path), or export {SERPER_API_KEY_ENV}"
         )
-    settings = _Settings(
+    plan = _Settings(
         endpoint=google.endpoint,
         proxy=google.proxy,
         timeout=timeout,
@@ -97,7 +97,7 @@ async def google_search(
     )
 
     async def run() -> list[dict]:
-        return await _search(key, query, top_k, settings)
+        return await _search(key, query, top_k, plan)
 
     return await _CACHE.get().get_or_run(
         cache_key("google", (google.endpoint, google.snippet_only), query, top_k),

@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in args.scenarios.split(","):
             results = {name: [run_worker(args, scenario, path, args.seed + i) for i in range(args.repeats)] for name, path in clients.items()}
             keys = list(next(iter(results.values()))[0])
-            print(f"\n[{scenario}]" + "".join(f"{name:>26}" for name in results))
+            print(f"\n{'[' + scenario + ']':28}" + "".join(f"{name:>26}" for name in results))
             for key in keys:
                 fmt = "{:.1f}" if key.endswith("_s") else "{:.0f}"
                 print(f"{key:28}" + "".join(f"{span([r[key] for r in runs], fmt):>26}" for runs in results.values()))
