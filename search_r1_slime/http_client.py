@@ -169,6 +169,7 @@ class _Circuit:
     def __init__(self) -> None:
         self.failures = 0
         self.retry_at = 0.0
+        self.server_said = False  # retry_at is the server's Retry-After, not our own guess
         self.probing = False
         self.last_error: _Retryable | None = None
 
@@ -176,8 +177,23 @@ class _Circuit:
     def down(self) -> bool:
         return self.failures > 0
 
-    def probe_due(self, now: float) -> bool:
-        return self.down and not self.probing and now >= self.retry_at
+    def next_try(self, now: float, left: float | None, last_try: bool) -> float:
+        """Seconds until a caller with ``left`` seconds to go may probe (<= 0: now).
+
+        Our backoff is a guess, so a caller whose deadline comes first still gets one last try
+        (``last_try``: not taken yet) just before it; a server's Retry-After is its word, and is
+        waited out or not at all.
+        """
+        wait = self.retry_at - now
+        if left is None or self.server_said or not last_try:
+            return wait
+        return min(wait, left - _LAST_TRY_S)
+
+
+# A caller's last try starts this long before its deadline (an attempt then has this long).
+_LAST_TRY_S = 0.5
+# Less time than this left: no attempt is worth starting.
+_MIN_ATTEMPT_S = 0.05
 
 
 class _Health:
@@ -190,26 +206,29 @@ class _Health:
     def circuit(self, url: str) -> _Circuit:
         return self._circuits.setdefault(url, _Circuit())
 
-    async def turn(self, urls: Sequence[str], deadline: float | None) -> tuple[str, bool] | None:
+    async def turn(self, urls: Sequence[str], deadline: float | None, last_try: bool) -> tuple[str, bool] | None:
         """Wait until a server may be sent to; return it and whether the request is its probe.
 
         A down server whose probe is due comes first (so a restarted server is picked up even
-        while others answer), then the first server that is up. None: every server is down and
-        none can be tried before ``deadline``.
+        while others answer), then the first server that is up. None: the deadline came, or every
+        server asked to be left alone until after it (Retry-After).
         """
         while True:
             now = time.monotonic()
-            for url in urls:
-                if self.circuit(url).probe_due(now):
+            left = None if deadline is None else deadline - now
+            if left is not None and left < _MIN_ATTEMPT_S:
+                return None
+            idle = [url for url in urls if self.circuit(url).down and not self.circuit(url).probing]
+            for url in idle:
+                if self.circuit(url).next_try(now, left, last_try) <= 0:
                     self.circuit(url).probing = True
                     return url, True
             for url in urls:
                 if not self.circuit(url).down:
                     return url, False
-            waits = [self.circuit(url).retry_at - now for url in urls if not self.circuit(url).probing]
-            wait = min(waits) if waits else None  # None: every server is being probed; wait for news
-            left = None if deadline is None else deadline - now
-            if left is not None and (left <= 0 or (wait is not None and wait >= left)):
+            # None: every server is being probed; wait for news.
+            wait = min((self.circuit(url).next_try(now, left, last_try) for url in idle), default=None)
+            if left is not None and wait is not None and wait >= left:
                 return None
             news = self._news
             timeouts = [t for t in (wait, left) if t is not None]
@@ -236,7 +255,8 @@ class _Health:
             # server is down. Only the first failure and the probes move the schedule on.
             if probe or not circuit.down:
                 circuit.failures += 1
-                wait = error.retry_after_s if error.retry_after_s is not None else policy.backoff_s(circuit.failures)
+                circuit.server_said = error.retry_after_s is not None
+                wait = error.retry_after_s if circuit.server_said else policy.backoff_s(circuit.failures)
                 circuit.retry_at = time.monotonic() + wait
         self._tell()
 
@@ -301,15 +321,18 @@ async def request_json(
     deadline = None if policy.deadline_s is None else started + policy.deadline_s
     attempts = 0
     last: _Retryable | None = None
+    last_try = True  # not taken yet
     while policy.max_attempts is None or attempts < policy.max_attempts:
-        turn = await health.turn(urls, deadline)
+        turn = await health.turn(urls, deadline, last_try)
         if turn is None:
             break  # no server can be tried before the deadline
         target, probe = turn
+        if deadline is not None and deadline - time.monotonic() <= _LAST_TRY_S:
+            last_try = False
         timeout_s = policy.attempt_timeout_s
         if deadline is not None:
             # At least a moment: the turn was granted before the deadline, and a probe must report back.
-            timeout_s = max(0.001, min(timeout_s or float("inf"), deadline - time.monotonic()))
+            timeout_s = max(_MIN_ATTEMPT_S, min(timeout_s or float("inf"), deadline - time.monotonic()))
         attempts += 1
         if on_attempt is not None:
             on_attempt(target)
