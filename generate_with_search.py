@@ -36,52 +36,17 @@ import functools
 import logging
 import re
 import time
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
-from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, request_json
+from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config
 
 logger = logging.getLogger(__name__)
 
-SEARCH_R1_CONFIGS: dict[str, Any] = {
-    # ---- the turn loop ----
-    "max_turns": 2,  # search (or invalid-action) rounds before the final answer turn
-    "topk": 3,  # passages per search
-    "max_obs_tokens": 500,  # cap on one observation, in tokens (Search-R1's max_obs_length)
-    # ---- search ----
-    "search_concurrency": 256,  # searches in flight at once, per event loop
-    "search_timeout": 30.0,  # seconds one search may take, retries included
-    "search_backend": "local",  # "local" (retrieval server) or "google" (serper.dev)
-    # Every key below is passed to local_search_server.local_search as a keyword argument.
-    # (README "Configuration" explains each.)
-    "local": {
-        "search_url": "http://127.0.0.1:8000/retrieve",  # or a list of servers
-        "proxy": None,
-        "batch_wait": 0.01,
-        "max_batch_size": 64,
-        "cache": True,
-        "cache_size": 10_000,
-        "max_attempts": 5,
-        "attempt_timeout": 10.0,
-    },
-    # Every key below is passed to google_search_server.google_search as a keyword argument.
-    "google": {
-        "api_key": None,  # None: the backend reads SERPER_API_KEY from the environment
-        "snippet_only": True,
-        "proxy": None,
-        "endpoint": "https://google.serper.dev/search",
-        "cache": True,
-        "cache_size": 10_000,
-        "max_attempts": 5,
-        "attempt_timeout": 10.0,
-        "page_timeout": 5.0,
-        "page_max_bytes": 1_000_000,
-    },
-    # ---- training ----
-    "return_logprob": True,  # keep rollout log-probs (needed for TIS); False: rollout_log_probs=None
-    "format_score": 0.2,  # reward for a well-formed trajectory with a wrong answer (0 = pure EM)
-}
+# Every key, its type, range and default is declared once, in search_r1_slime.settings
+# (README "Configuration" explains each). Edit this dict or override it per run (see above).
+SEARCH_R1_CONFIGS: dict[str, Any] = DEFAULTS.model_dump()
 
 INVALID_ACTION_MESSAGE = (
     "\nMy previous action is invalid. "
@@ -97,99 +62,49 @@ NO_RESULTS_TEXT = "No documents were found for this query."
 
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 _ACTION_STOPS = ("</search>", "</answer>")
-# Generation legitimately takes minutes: no per-attempt timeout, no deadline; retry only what
-# a retry can fix (connection errors, 429, 5xx), a few times.
-_GENERATE_POLICY = RetryPolicy(max_attempts=5, deadline_s=None, attempt_timeout_s=None, backoff_base_s=1.0, backoff_max_s=10.0)
-# Per event loop: (search_concurrency it was built for, the semaphore).
-_SEMAPHORES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[int, asyncio.Semaphore]] = weakref.WeakKeyDictionary()
-
-
-class ConfigError(ValueError):
-    """The ``search_r1`` configuration is wrong; the message says which key and how to fix it."""
+# Generation legitimately takes minutes: no per-attempt timeout, no deadline, a few attempts. Only
+# failures that say the request did not reach a working engine are retried: a refused connection
+# (nothing was sent), 429, and the router's/engine's "unavailable" answers 502/503/504. A retried
+# request would be harmless for correctness (tokens are appended only from a successful answer, and
+# the retry sends the same input_ids), but a 500 or a connection dropped after sending usually means
+# the engine failed on this very request, so repeating it only spends GPU time to fail again.
+_GENERATE_POLICY = RetryPolicy(
+    max_attempts=5,
+    deadline_s=None,
+    attempt_timeout_s=None,
+    backoff_base_s=1.0,
+    backoff_max_s=10.0,
+    retry_statuses=frozenset({429, 502, 503, 504}),
+    retry_after_send=False,
+)
+# Per event loop: search_concurrency -> its semaphore (an asyncio primitive must not cross loops).
+_SEMAPHORES: PerLoop[dict[int, asyncio.Semaphore]] = PerLoop(dict)
 
 
 # ---------------------------------------------------------------------------- configuration
 
 
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any], path: str, unknown: list[str]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(dict(base))
     for key, value in override.items():
-        name = f"{path}{key}"
-        if key not in base:
-            unknown.append(name)
-        elif isinstance(base[key], Mapping):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"search_r1.{name} must be a mapping, got {type(value).__name__}: {value!r}")
-            merged[key] = _merge(base[key], value, f"{name}.", unknown)
-        else:
-            merged[key] = value
+        both_mappings = isinstance(merged.get(key), Mapping) and isinstance(value, Mapping)
+        merged[key] = _merge(merged[key], value) if both_mappings else value
     return merged
 
 
-def _check_type(name: str, value: Any, default: Any) -> None:
-    if default is None or isinstance(default, Mapping):
-        return  # optional settings (proxies, api_key) accept any value their backend accepts
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, type(default))
-    if not ok:
-        raise ConfigError(f"search_r1.{name} must be {type(default).__name__}, got {type(value).__name__}: {value!r}")
-
-
-def _check_types(config: Mapping[str, Any], defaults: Mapping[str, Any], path: str = "") -> None:
-    for key, default in defaults.items():
-        if isinstance(default, Mapping):
-            _check_types(config[key], default, f"{path}{key}.")
-        elif not (path == "local." and key == "search_url"):
-            _check_type(f"{path}{key}", config[key], default)
-
-
-def _check_ranges(config: Mapping[str, Any]) -> None:
-    url = config["local"]["search_url"]
-    if not (isinstance(url, str) or (isinstance(url, list) and url and all(isinstance(u, str) for u in url))):
-        raise ConfigError(f"search_r1.local.search_url must be a URL or a non-empty list of URLs, got {url!r}")
-    lower_bounds = {"max_turns": 0, "topk": 1, "max_obs_tokens": 1, "search_concurrency": 1}
-    for key, lowest in lower_bounds.items():
-        if config[key] < lowest:
-            raise ConfigError(f"search_r1.{key} must be at least {lowest}, got {config[key]}")
-    if config["search_timeout"] <= 0:
-        raise ConfigError(f"search_r1.search_timeout must be positive (seconds), got {config['search_timeout']}")
-    if not 0 <= config["format_score"] <= 1:
-        raise ConfigError(f"search_r1.format_score must be between 0 and 1, got {config['format_score']}")
-    if config["search_backend"] not in ("local", "google"):
-        raise ConfigError(f"search_r1.search_backend must be 'local' or 'google', got {config['search_backend']!r}")
-
-
 def resolve_config(args: Any) -> dict[str, Any]:
-    """``SEARCH_R1_CONFIGS`` with ``args.search_r1`` (from ``--custom-config-path``) merged over it."""
+    """``SEARCH_R1_CONFIGS`` with ``args.search_r1`` (from ``--custom-config-path``) merged over it.
+
+    Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name.
+    """
     override = getattr(args, "search_r1", None) or {}
     if not isinstance(override, Mapping):
-        raise ConfigError(
+        problem = (
             f"search_r1 must be a mapping of settings (a 'search_r1:' section in the --custom-config-path YAML), "
             f"got {type(override).__name__}: {override!r}"
         )
-    unknown: list[str] = []
-    config = _merge(SEARCH_R1_CONFIGS, override, "", unknown)
-    if unknown:
-        raise ConfigError(
-            f"unknown search_r1 setting(s): {', '.join(sorted(unknown))}. "
-            f"Known settings: {', '.join(_known_keys(SEARCH_R1_CONFIGS))}"
-        )
-    _check_types(config, SEARCH_R1_CONFIGS)
-    _check_ranges(config)
-    return config
-
-
-def _known_keys(defaults: Mapping[str, Any], path: str = "") -> list[str]:
-    keys = []
-    for key, value in defaults.items():
-        keys.extend(_known_keys(value, f"{path}{key}.") if isinstance(value, Mapping) else [f"{path}{key}"])
-    return keys
+        raise ConfigError([problem])
+    return SearchR1Config.checked(_merge(SEARCH_R1_CONFIGS, override)).model_dump()
 
 
 # ---------------------------------------------------------------------------- search
@@ -211,13 +126,10 @@ def parse_action(turn_text: str) -> tuple[str | None, str]:
 
 
 def _search_semaphore(limit: int) -> asyncio.Semaphore:
-    # One semaphore per event loop: an asyncio primitive must not outlive or cross its loop.
-    loop = asyncio.get_running_loop()
-    built_for, semaphore = _SEMAPHORES.get(loop, (None, None))
-    if semaphore is None or built_for != limit:
-        semaphore = asyncio.Semaphore(limit)
-        _SEMAPHORES[loop] = (limit, semaphore)
-    return semaphore
+    semaphores = _SEMAPHORES.get()
+    if limit not in semaphores:
+        semaphores[limit] = asyncio.Semaphore(limit)
+    return semaphores[limit]
 
 
 async def search(query: str, config: Mapping[str, Any]) -> list[dict]:

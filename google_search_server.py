@@ -14,8 +14,10 @@ format, ``[{"document": {"contents": '"title"\\ncontext'}}, ...]``:
 
 The API key comes from the argument (config ``google.api_key``) or the ``SERPER_API_KEY``
 environment variable; it is never logged nor put in an error message. Calls go through
-``http_client.request_json`` (shared session, retries on 429/5xx/timeouts within ``timeout``)
-and answers are shared and cached like the local backend's (``search_cache``).
+``http_client.request_json`` (shared session; retries of refused or dropped connections,
+timeouts, 429 and 5xx until ``timeout``, with the callers of one event loop sharing what they
+learn about serper.dev while it fails) and answers are shared and cached like the local
+backend's (``search_cache``).
 """
 
 from __future__ import annotations
@@ -31,13 +33,12 @@ from typing import Any
 import aiohttp
 import chardet
 
-from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json, shared_session
-from search_r1_slime.search_cache import CacheStats, PerLoop, SearchCache, check_search_args
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
+from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
+from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config
 
 logger = logging.getLogger(__name__)
 
-SERPER_URL = "https://google.serper.dev/search"
-API_KEY_ENV = "SERPER_API_KEY"
 # chardet is pure Python and runs on the event loop; a prefix is plenty to tell encodings apart.
 _DETECT_BYTES = 64 * 1024
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"
@@ -52,54 +53,57 @@ def google_search_stats() -> CacheStats:
 
 def serper_api_key(api_key: str | None) -> str | None:
     """The key to use: the configured one, else ``SERPER_API_KEY``; None when neither is set."""
-    return api_key or os.environ.get(API_KEY_ENV) or None
+    return api_key or os.environ.get(SERPER_API_KEY_ENV) or None
 
 
 async def google_search(
     api_key: str | None,
     query: str,
-    top_k: int = 5,
-    timeout: float = 60,
-    proxy: str | None = None,
-    snippet_only: bool = False,
-    *,
-    endpoint: str = SERPER_URL,
-    cache: bool = True,
-    cache_size: int = 10_000,
-    max_attempts: int = 5,
-    attempt_timeout: float = 10.0,
-    page_timeout: float = 5.0,
-    page_max_bytes: int = 1_000_000,
+    top_k: int = DEFAULTS.topk,
+    timeout: float = DEFAULTS.search_timeout,
+    proxy: str | None = DEFAULTS.google.proxy,
+    snippet_only: bool = DEFAULTS.google.snippet_only,
+    **settings: Any,
 ) -> list[dict]:
     """Search Google through serper.dev; see the module docstring for what comes back.
 
-    ``timeout`` bounds the whole search (retries and page fetching included). Raises
+    ``timeout`` bounds the whole search (retries and page fetching included). ``settings``: the
+    other keys of ``search_r1.google`` (``search_r1_slime.settings.GoogleSettings``: defaults and
+    ranges), checked like the configuration (``ConfigError`` names a bad one). Raises
     ``ValueError`` when no API key is configured, ``http_client.RequestFailed`` when serper.dev
     does not answer properly in time.
     """
-    key = serper_api_key(api_key)
+    config = SearchR1Config.checked(
+        {
+            "topk": top_k,
+            "search_timeout": timeout,
+            "google": {"api_key": api_key, "proxy": proxy, "snippet_only": snippet_only, **settings},
+        }
+    )
+    google = config.google
+    key = serper_api_key(google.api_key)
     if key is None:
         raise ValueError(
             f"no serper.dev API key: set google.api_key in SEARCH_R1_CONFIGS (or under search_r1: google: "
-            f"api_key: in the YAML given to --custom-config-path), or export {API_KEY_ENV}"
+            f"api_key: in the YAML given to --custom-config-path), or export {SERPER_API_KEY_ENV}"
         )
-    check_search_args(top_k, timeout, cache_size)
-    if page_timeout <= 0 or page_max_bytes < 1:
-        raise ValueError(f"page_timeout and page_max_bytes must be positive, got {page_timeout} and {page_max_bytes}")
-    settings = _Settings(
-        endpoint=endpoint,
-        proxy=proxy,
+    plan = _Settings(
+        endpoint=google.endpoint,
+        proxy=google.proxy,
         timeout=timeout,
-        policy=RetryPolicy(max_attempts=max_attempts, deadline_s=timeout, attempt_timeout_s=attempt_timeout),
-        page_timeout=None if snippet_only else page_timeout,
-        page_max_bytes=page_max_bytes,
+        policy=RetryPolicy(max_attempts=google.max_attempts, deadline_s=timeout, attempt_timeout_s=google.attempt_timeout),
+        page_timeout=None if google.snippet_only else google.page_timeout,
+        page_max_bytes=google.page_max_bytes,
     )
 
     async def run() -> list[dict]:
-        return await _search(key, query, top_k, settings)
+        return await _search(key, query, top_k, plan)
 
     return await _CACHE.get().get_or_run(
-        ("google", endpoint, snippet_only, query, top_k), run, use_cache=cache, max_size=cache_size
+        cache_key("google", (google.endpoint, google.snippet_only), query, top_k),
+        run,
+        use_cache=google.cache,
+        max_size=google.cache_size,
     )
 
 
@@ -115,7 +119,7 @@ class _Settings:
 
 async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list[dict]:
     started = time.monotonic()
-    extra: dict[str, Any] = {} if settings.proxy is None else {"proxy": settings.proxy}
+    extra = proxy_kwargs(settings.proxy)
     # Errors quote the response body; redact keeps a server that echoes the key from leaking it.
     body = await request_json(
         "POST",
@@ -125,6 +129,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
         policy=settings.policy,
         what="serper search",
         redact=(key,),
+        shared_health=True,
         **extra,
     )
     items = body.get("organic") if isinstance(body, dict) else None
@@ -144,12 +149,11 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
             (collect_context(str(item.get("snippet") or ""), text) if text else "") or snippet
             for item, text, snippet in zip(items, texts, snippets)
         ]
-    results = []
-    for item, context in zip(items, contexts):
-        title = str(item.get("title") or "")
-        if title or context:
-            results.append({"document": {"contents": f'"{title or "No title."}"\n{context or "No snippet available."}'}})
-    return results
+    return [
+        document(str(item.get("title") or ""), context)
+        for item, context in zip(items, contexts)
+        if item.get("title") or context
+    ]
 
 
 def parse_snippet(snippet: str) -> list[str]:

@@ -1,6 +1,7 @@
 """The plugin's client of the local retrieval server (a client, despite upstream's module name).
 
-It speaks Search-R1's ``POST /retrieve`` and is built for GRPO load.
+It speaks Search-R1's ``POST /retrieve`` and is built for GRPO load and for a retriever that
+restarts.
 
 A GRPO step fires hundreds of searches at once and the n samples of one prompt often ask the same
 thing. Upstream opened a session per search and sent one query per request, so the retriever
@@ -9,52 +10,51 @@ served hundreds of tiny requests one by one. Here:
 * identical queries in flight go out once, finished answers sit in a bounded LRU
   (``search_cache.SearchCache``, keyed by servers, query and top_k);
 * the remaining queries that arrive within ``batch_wait`` seconds of each other travel together
-  in one ``/retrieve`` request of up to ``max_batch_size`` queries, and each caller gets exactly
-  its own query's documents back;
-* ``search_url`` may list several servers: batches are spread over them round robin, and a
-  server that fails is skipped (and put last for a while) while the others answer;
-* every request goes through ``http_client.request_json`` (shared session, bounded retries);
-  ``timeout`` bounds the whole search, and any failure raises ``RequestFailed`` for every caller
-  of the batch, never an empty list.
+  in one ``/retrieve`` request of up to ``max_queries_per_request`` queries, and each caller gets
+  exactly its own query's documents back;
+* ``search_url`` may list several servers: requests are spread over them round robin, and a
+  server that fails is skipped while the others answer;
+* every request goes through ``http_client.request_json``: retries of what a retry can fix
+  (refused or dropped connections, timeouts, 429, 5xx, 503 with ``Retry-After`` while a server
+  loads) until the search's deadline, ``timeout`` (config ``search_timeout``). The searches of one
+  event loop share what they learn about a server, so while it is down only one request at a time
+  probes it and the others wait for the outcome. When the deadline comes first, every caller of
+  the request gets ``RequestFailed``, never an empty list;
+* with ``api_key`` (or ``RETRIEVAL_API_KEY`` in the environment) every request carries
+  ``Authorization: Bearer <key>``; the key is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
-import time
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
-from search_r1_slime.search_cache import CacheStats, PerLoop, SearchCache, check_search_args
-
-logger = logging.getLogger(__name__)
-
-# How long a server that just failed is tried only after the others. Long enough to stop paying
-# a connection timeout per batch to a dead server, short enough to pick a restarted one up soon.
-_SERVER_PENALTY_S = 10.0
-_NO_CONTENTS = '"No title."\nNo snippet available.'  # upstream's stand-in for an empty passage
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json
+from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
+from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config
 
 
 @dataclass(frozen=True)
 class _Route:
-    """Everything that shapes a ``/retrieve`` request; queries with equal routes share batches."""
+    """Everything that shapes a ``/retrieve`` request; queries with equal routes share requests."""
 
     servers: tuple[str, ...]
     top_k: int
     timeout: float
     proxy: str | None
-    max_attempts: int
+    max_attempts: int | None
     attempt_timeout: float
     batch_wait: float
-    max_batch_size: int
+    max_queries_per_request: int
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass
 class LocalSearchStats(CacheStats):
-    """``CacheStats`` plus what reached the wire: batches sent and HTTP requests made."""
+    """``CacheStats`` plus what reached the wire: requests formed and HTTP attempts sent."""
 
     batches: int = 0
     http_requests: int = 0
@@ -63,18 +63,18 @@ class LocalSearchStats(CacheStats):
 @dataclass
 class _LoopState:
     cache: SearchCache = field(default_factory=SearchCache)
-    batchers: dict[_Route, "_Batcher"] = field(default_factory=dict)
-    penalised_until: dict[str, float] = field(default_factory=dict)
+    coalescers: dict[_Route, _QueryCoalescer] = field(default_factory=dict)
     round_robin: itertools.count = field(default_factory=itertools.count)
     batches: int = 0
     http_requests: int = 0
 
     def servers_in_order(self, servers: tuple[str, ...]) -> list[str]:
-        """Round robin over the servers, the ones that failed lately moved to the end."""
+        """Round robin over the servers (``request_json`` skips the ones that are down)."""
         start = next(self.round_robin) % len(servers)
-        rotated = servers[start:] + servers[:start]
-        now = time.monotonic()
-        return sorted(rotated, key=lambda url: self.penalised_until.get(url, 0.0) > now)
+        return list(servers[start:] + servers[:start])
+
+    def count_attempt(self, url: str) -> None:
+        self.http_requests += 1
 
 
 _STATE: PerLoop[_LoopState] = PerLoop(_LoopState)
@@ -86,50 +86,47 @@ def local_search_stats() -> LocalSearchStats:
     return LocalSearchStats(**vars(state.cache.stats), batches=state.batches, http_requests=state.http_requests)
 
 
+def retrieval_api_key(api_key: str | None) -> str | None:
+    """The token to send: the configured one, else ``RETRIEVAL_API_KEY``; None when neither is set."""
+    return api_key or os.environ.get(RETRIEVAL_API_KEY_ENV) or None
+
+
 async def local_search(
     search_url: str | list[str],
     query: str,
-    top_k: int = 5,
-    timeout: float = 60,
-    proxy: str | None = None,
-    *,
-    batch_wait: float = 0.01,
-    max_batch_size: int = 64,
-    cache: bool = True,
-    cache_size: int = 10_000,
-    max_attempts: int = 5,
-    attempt_timeout: float = 10.0,
+    top_k: int = DEFAULTS.topk,
+    timeout: float = DEFAULTS.search_timeout,
+    proxy: str | None = DEFAULTS.local.proxy,
+    **settings: Any,
 ) -> list[dict]:
     """Search the local retriever; return ``[{"document": {"contents": '"Title"\\ntext'}}, ...]``.
 
     ``search_url``: one ``/retrieve`` URL or a list of them. ``timeout``: seconds the whole search
-    may take, retries and the batching wait included. ``batch_wait``/``max_batch_size``: how long
-    a query waits for others to share its request, and how many may share one. ``cache``/
-    ``cache_size``: keep finished answers (LRU). ``max_attempts``/``attempt_timeout``: retries
-    of one request. Raises ``http_client.RequestFailed`` when no server answers properly in time.
+    may take, retries and the batching wait included. ``settings``: the other keys of
+    ``search_r1.local`` (``search_r1_slime.settings.LocalSettings``: defaults and ranges), checked
+    like the configuration (``ConfigError`` names a bad one). Raises ``http_client.RequestFailed``
+    when no server answers properly in time.
     """
-    servers = (search_url,) if isinstance(search_url, str) else tuple(search_url)
-    if not servers:
-        raise ValueError("search_url is empty: give the URL of your retrieval server, e.g. http://127.0.0.1:8000/retrieve")
-    check_search_args(top_k, timeout, cache_size)
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-    if not 0 <= batch_wait < timeout:
-        raise ValueError(f"batch_wait must be at least 0 and below the search timeout ({timeout}s), got {batch_wait}")
-    route = _Route(servers, top_k, timeout, proxy, max_attempts, attempt_timeout, batch_wait, max_batch_size)
-    # Fail on a bad policy here, in the caller, rather than inside a batch.
-    RetryPolicy(max_attempts=max_attempts, attempt_timeout_s=attempt_timeout)
+    config = SearchR1Config.checked(
+        {"topk": top_k, "search_timeout": timeout, "local": {"search_url": search_url, "proxy": proxy, **settings}}
+    )
+    local = config.local
+    servers = (local.search_url,) if isinstance(local.search_url, str) else tuple(local.search_url)
+    route = _Route(
+        servers, top_k, timeout, local.proxy, local.max_attempts, local.attempt_timeout, local.batch_wait,
+        local.max_queries_per_request, retrieval_api_key(local.api_key),
+    )
     state = _STATE.get()
-    batcher = state.batchers.get(route)
-    if batcher is None:
-        batcher = state.batchers[route] = _Batcher(route, state)
+    coalescer = state.coalescers.get(route)
+    if coalescer is None:
+        coalescer = state.coalescers[route] = _QueryCoalescer(route, state)
     return await state.cache.get_or_run(
-        ("local", servers, query, top_k), lambda: batcher.submit(query), use_cache=cache, max_size=cache_size
+        cache_key("local", servers, query, top_k), lambda: coalescer.submit(query), use_cache=local.cache, max_size=local.cache_size
     )
 
 
-class _Batcher:
-    """Gathers the queries of one route into ``/retrieve`` requests."""
+class _QueryCoalescer:
+    """Coalesces the queries of one route that arrive close together into ``/retrieve`` requests."""
 
     def __init__(self, route: _Route, state: _LoopState):
         self._route = route
@@ -142,7 +139,7 @@ class _Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[dict]] = loop.create_future()
         self._pending.append((query, future))
-        if len(self._pending) >= self._route.max_batch_size:
+        if len(self._pending) >= self._route.max_queries_per_request:
             self._flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._route.batch_wait, self._flush)
@@ -175,51 +172,34 @@ class _Batcher:
 
 
 async def _retrieve(route: _Route, queries: list[str], state: _LoopState) -> list[list[dict]]:
-    """Send one batch, failing over between servers; return one document list per query."""
+    """Send one request, failing over between servers; return one document list per query."""
     state.batches += 1
     # return_scores=True on purpose: upstream's server unpacks a two-query answer without scores
     # as (results, scores) and returns garbage (docs/protocols.md, "The retrieval API"); the scored shape is always right.
     payload = {"queries": queries, "topk": route.top_k, "return_scores": True}
-    deadline = time.monotonic() + route.timeout - route.batch_wait
-    order = state.servers_in_order(route.servers)
-    if len(order) == 1:
-        return await _post(order[0], payload, route, deadline, route.max_attempts, state)
-    # Several servers: one quick attempt each, so a dead server costs one failure, not a full
-    # retry schedule; if all failed, the preferred one gets the retries left until the deadline.
-    errors = []
-    for url in order:
-        try:
-            return await _post(url, payload, route, deadline, 1, state)
-        except RequestFailed as exc:
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status != 429:
-                raise  # our request is wrong; every server will say the same
-            errors.append(str(exc))
-            logger.warning("retrieval server %s failed for a batch of %d queries; trying the next one", url, len(queries))
-    if route.max_attempts > 1 and deadline - time.monotonic() > 0:
-        try:
-            return await _post(order[0], payload, route, deadline, route.max_attempts - 1, state)
-        except RequestFailed as exc:
-            errors.append(str(exc))
-    raise RequestFailed(f"all {len(order)} retrieval servers failed: " + " | ".join(errors))
-
-
-async def _post(
-    url: str, payload: dict, route: _Route, deadline: float, attempts: int, state: _LoopState
-) -> list[list[dict]]:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise RequestFailed(f"retrieve to {url} not tried: the search timeout ({route.timeout}s) ran out")
-    policy = RetryPolicy(max_attempts=attempts, deadline_s=remaining, attempt_timeout_s=route.attempt_timeout)
-    extra: dict[str, Any] = {} if route.proxy is None else {"proxy": route.proxy}
-    state.http_requests += 1
+    # The batching wait came out of the search's time.
+    policy = RetryPolicy(
+        max_attempts=route.max_attempts, deadline_s=route.timeout - route.batch_wait, attempt_timeout_s=route.attempt_timeout
+    )
+    headers = {} if route.api_key is None else {"Authorization": f"Bearer {route.api_key}"}
+    secrets = () if route.api_key is None else (route.api_key,)
     try:
-        body = await request_json("POST", url, json=payload, policy=policy, what="retrieve", **extra)
-        results = parse_retrieve_response(body, len(payload["queries"]))
-    except RequestFailed:
-        state.penalised_until[url] = time.monotonic() + _SERVER_PENALTY_S
+        body = await request_json(
+            "POST", state.servers_in_order(route.servers), json=payload, headers=headers, policy=policy,
+            what="retrieve", redact=secrets, shared_health=True, on_attempt=state.count_attempt,
+            **proxy_kwargs(route.proxy),
+        )
+    except RequestFailed as exc:
+        if exc.status in (401, 403):
+            raise RequestFailed(
+                f"{exc}; the retrieval server wants the token of its --api_key: set search_r1.local.api_key "
+                f"or export {RETRIEVAL_API_KEY_ENV}",
+                status=exc.status,
+            ) from None
+        if len(route.servers) > 1 and (exc.status is None or exc.status == 429 or exc.status >= 500):
+            raise RequestFailed(f"all {len(route.servers)} retrieval servers failed: {exc}", status=exc.status) from None
         raise
-    state.penalised_until.pop(url, None)
-    return results
+    return parse_retrieve_response(body, len(queries))
 
 
 def parse_retrieve_response(body: Any, n_queries: int) -> list[list[dict]]:
@@ -243,6 +223,6 @@ def parse_retrieve_response(body: Any, n_queries: int) -> list[list[dict]]:
             contents = doc.get("contents") if isinstance(doc, dict) else None
             if not isinstance(contents, str):
                 raise RequestFailed(f"retrieval server answered item {j} of query {i} without a 'contents' string: {str(item)[:200]!r}")
-            documents.append({"document": {"contents": contents or _NO_CONTENTS}})
+            documents.append({"document": {"contents": contents}} if contents else document("", ""))
         parsed.append(documents)
     return parsed

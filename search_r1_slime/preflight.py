@@ -77,7 +77,7 @@ def search_problems(overrides: Any, timeout_s: float = 5.0) -> list[str]:
     try:
         config = resolve_config(SimpleNamespace(search_r1=overrides))
     except ConfigError as exc:
-        return [str(exc)]
+        return exc.problems
     if config["search_backend"] == "google":
         from google_search_server import serper_api_key
 

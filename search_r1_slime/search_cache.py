@@ -1,4 +1,5 @@
-"""Result reuse shared by both search backends: single flight plus a bounded LRU cache.
+"""What the two search backends share: result reuse (single flight plus a bounded LRU cache),
+its cache keys and counters, and the document format both return.
 
 Why: in a GRPO step the n samples of one prompt usually issue the same query at about the same
 time, and later steps repeat popular queries. Sending each of them to the retriever (or paying
@@ -6,8 +7,9 @@ serper.dev for each) is pure waste. ``SearchCache.get_or_run`` sends a query onc
 flight, hands every caller its own copy of the answer, and keeps finished answers in an LRU of
 bounded size. Failures are never cached: the next caller tries again.
 
-All state lives per event loop (``PerLoop``): slime keeps one long-lived loop, while tests make a
-loop per test, and an asyncio future must never be awaited from another loop.
+A backend keeps one ``SearchCache`` per event loop (``http_client.PerLoop``): slime keeps one
+long-lived loop, while tests make a loop per test, and an asyncio future must never be awaited from
+another loop.
 """
 
 from __future__ import annotations
@@ -15,28 +17,24 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
-import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-T = TypeVar("T")
+# Upstream's stand-ins for a passage without a title or without text.
+NO_TITLE = "No title."
+NO_SNIPPET = "No snippet available."
 
 
-class PerLoop(Generic[T]):
-    """One ``factory()`` object per running event loop, dropped with its loop."""
+def document(title: str, text: str) -> dict:
+    """One result in Search-R1's format: ``{"document": {"contents": '"title"\\ntext'}}``."""
+    return {"document": {"contents": f'"{title or NO_TITLE}"\n{text or NO_SNIPPET}'}}
 
-    def __init__(self, factory: Callable[[], T]):
-        self._factory = factory
-        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
 
-    def get(self) -> T:
-        loop = asyncio.get_running_loop()
-        item = self._items.get(loop)
-        if item is None:
-            item = self._items[loop] = self._factory()
-        return item
+def cache_key(backend: str, source: Hashable, query: str, top_k: int) -> tuple:
+    """What makes two searches the same: the backend, where it asks (servers, endpoint and mode),
+    the query and top_k. Never a key or token: answers do not depend on who asked."""
+    return (backend, source, query, top_k)
 
 
 @dataclass
@@ -97,13 +95,3 @@ class SearchCache:
         self._done.move_to_end(key)
         while len(self._done) > max_size:
             self._done.popitem(last=False)
-
-
-def check_search_args(top_k: int, timeout: float, cache_size: int) -> None:
-    """Reject configuration both backends share, with a message that names the key to fix."""
-    if top_k < 1:
-        raise ValueError(f"top_k (config key 'topk') must be at least 1, got {top_k}")
-    if timeout <= 0:
-        raise ValueError(f"timeout (config key 'search_timeout') must be positive, got {timeout}")
-    if cache_size < 0:
-        raise ValueError(f"cache_size must be 0 or more (0 keeps nothing), got {cache_size}")

@@ -10,6 +10,8 @@ import pytest
 
 import generate_with_search
 from generate_with_search import SEARCH_R1_CONFIGS, ConfigError, generate, load_tokenizer, resolve_config, search
+from search_r1_slime.preflight import search_problems
+from search_r1_slime.settings import LocalSettings, known_keys
 from tests.fakes.sample import NewSample
 from tests.fakes.sglang import FakeSGLang, Turn
 from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
@@ -81,8 +83,9 @@ def test_bad_values_get_a_message_naming_the_key(override, message):
 
 
 def test_numbers_where_floats_are_expected_are_accepted():
-    config = resolve_config(SimpleNamespace(search_r1={"format_score": 0, "search_timeout": 5, "local": {"search_url": ["a", "b"]}}))
-    assert (config["format_score"], config["search_timeout"], config["local"]["search_url"]) == (0, 5, ["a", "b"])
+    urls = ["http://a:8000/retrieve", "http://b:8000/retrieve"]
+    config = resolve_config(SimpleNamespace(search_r1={"format_score": 0, "search_timeout": 5, "local": {"search_url": urls}}))
+    assert (config["format_score"], config["search_timeout"], config["local"]["search_url"]) == (0, 5, urls)
 
 
 def test_search_r1_that_is_not_a_mapping_is_rejected():
@@ -100,11 +103,12 @@ async def test_every_local_setting_is_forwarded_to_the_backend(monkeypatch):
     import local_search_server
 
     monkeypatch.setattr(local_search_server, "local_search", fake_local_search)
-    monkeypatch.setitem(SEARCH_R1_CONFIGS, "local", {**SEARCH_R1_CONFIGS["local"], "batch_window_ms": 5})
-    config = resolve_config(SimpleNamespace(search_r1={"topk": 4, "search_timeout": 7, "local": {"proxy": "http://p"}}))
+    monkeypatch.setitem(SEARCH_R1_CONFIGS, "local", {**SEARCH_R1_CONFIGS["local"], "batch_wait": 0.005})
+    config = resolve_config(SimpleNamespace(search_r1={"topk": 4, "search_timeout": 7, "local": {"proxy": "http://p:3128"}}))
 
     assert await search("q", config) == []
-    assert calls == [{**SEARCH_R1_CONFIGS["local"], "query": "q", "top_k": 4, "timeout": 7, "proxy": "http://p", "batch_window_ms": 5}]
+    assert calls == [{**SEARCH_R1_CONFIGS["local"], "query": "q", "top_k": 4, "timeout": 7, "proxy": "http://p:3128", "batch_wait": 0.005}]
+    assert set(calls[0]) - {"query", "top_k", "timeout"} == set(LocalSettings.model_fields)
 
 
 async def test_google_backend_gets_its_settings_and_no_key_from_us(monkeypatch):
@@ -170,3 +174,73 @@ def test_search_concurrency_works_in_successive_event_loops():
 
     asyncio.run(contend())
     asyncio.run(contend())
+
+
+# Each of these passed resolve_config and the preflight before, then crashed inside the rollout.
+BAD_NESTED = [
+    ({"local": {"max_queries_per_request": 0}}, "search_r1.local.max_queries_per_request must be at least 1, got 0"),
+    ({"local": {"cache_size": -1}}, "search_r1.local.cache_size must be at least 0, got -1"),
+    ({"google": {"cache_size": -1}}, "search_r1.google.cache_size must be at least 0, got -1"),
+    ({"local": {"attempt_timeout": 0}}, "search_r1.local.attempt_timeout must be positive, got 0"),
+    ({"google": {"attempt_timeout": 0}}, "search_r1.google.attempt_timeout must be positive, got 0"),
+    ({"local": {"max_attempts": 0}}, "search_r1.local.max_attempts must be at least 1, got 0"),
+    ({"google": {"page_timeout": 0}}, "search_r1.google.page_timeout must be positive, got 0"),
+    ({"local": {"batch_wait": -0.1}}, "search_r1.local.batch_wait must be at least 0, got -0.1"),
+    (
+        {"local": {"proxy": "proxy:3128"}},
+        "search_r1.local.proxy must be None or an http(s) proxy URL such as http://proxy:3128, got str: 'proxy:3128'",
+    ),
+    ({"google": {"proxy": 3128}}, "search_r1.google.proxy must be None or an http(s) proxy URL such as http://proxy:3128, got int: 3128"),
+    ({"google": {"endpoint": "google.serper.dev"}}, "search_r1.google.endpoint must be an http(s) URL, got str: 'google.serper.dev'"),
+    ({"local": {"search_url": ["http://a:8000/retrieve", 8000]}}, "search_r1.local.search_url must be a URL or a non-empty list of URLs"),
+    (
+        {"search_timeout": 1, "local": {"batch_wait": 1}},
+        "search_r1.local.batch_wait (1.0) must be below search_r1.search_timeout (1.0)",
+    ),
+    ({"local": {"max_batch_size": 8}}, "unknown search_r1 setting(s): local.max_batch_size. Known settings:"),
+]
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_NESTED)
+def test_bad_nested_values_are_rejected_before_the_first_generation(override, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config(SimpleNamespace(search_r1=override))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("override", "message"), BAD_NESTED)
+def test_the_preflight_reports_the_same_problem_without_asking_any_server(override, message):
+    # The config is checked before any /health request: the default search_url has no server here.
+    problems = search_problems(override, timeout_s=0.1)
+    assert len(problems) == 1 and message in problems[0], problems
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        resolve_config(SimpleNamespace(search_r1={"topk": 0, "lokal": {}, "local": {"cache_size": -1}, "google": {"page_max_bytes": 0}}))
+    assert info.value.problems == [
+        f"unknown search_r1 setting(s): lokal. Known settings: {', '.join(known_keys())}",
+        "search_r1.topk must be at least 1, got 0",
+        "search_r1.local.cache_size must be at least 0, got -1",
+        "search_r1.google.page_max_bytes must be at least 1, got 0",
+    ]
+
+
+@pytest.mark.parametrize("section", ["local", "google"])
+def test_a_bad_api_key_is_named_but_never_shown(section):
+    with pytest.raises(ConfigError, match=rf"search_r1\.{section}\.api_key must be None or a non-empty string") as info:
+        resolve_config(SimpleNamespace(search_r1={section: {"api_key": 1234567890}}))
+    assert "1234567890" not in str(info.value)
+
+
+def test_backend_defaults_are_the_configuration_defaults():
+    # A backend called without the plugin (the demo, a script) behaves as the configuration says.
+    import inspect
+
+    import google_search_server
+    import local_search_server
+
+    local = inspect.signature(local_search_server.local_search).parameters
+    google = inspect.signature(google_search_server.google_search).parameters
+    assert (local["top_k"].default, local["timeout"].default, local["proxy"].default) == (3, 30, None)
+    assert (google["top_k"].default, google["timeout"].default, google["snippet_only"].default) == (3, 30, True)

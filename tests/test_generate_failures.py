@@ -78,3 +78,22 @@ async def test_sglang_rejecting_a_request_raises_on_old_slime(world):
     world.sglang.failures.append(400)
     with pytest.raises(RequestFailed, match="SGLang /generate failed.*HTTP 400"):
         await generate(world.args(), world.sample(OldSample), world.sampling_params())
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+async def test_sglang_answers_that_say_try_later_are_retried(world, status):
+    await world.serve([Turn(ANSWER_TURN)])
+    world.sglang.failures.append(status)
+    sample = await generate(world.args(), world.sample(NewSample), world.sampling_params())
+    assert len(world.sglang.requests) == 2
+    assert sample.status == NewSample.Status.COMPLETED
+
+
+async def test_sglang_500_is_not_retried_and_fails_the_sample(world):
+    # The engine failed on this very request: sending it again would only spend GPU time to fail again.
+    await world.serve([Turn(ANSWER_TURN)])
+    world.sglang.failures.append(500)
+    sample = await generate(world.args(), world.sample(NewSample), world.sampling_params())
+    assert len(world.sglang.requests) == 1
+    assert sample.status == NewSample.Status.FAILED
+    assert "HTTP 500" in sample.metadata["search_r1"]["generate_error"]

@@ -146,7 +146,7 @@ async def test_pages_are_decoded_and_the_paragraph_around_the_snippet_kept(encod
     async with PageServer({"/p": page}) as site:
         results = {"q": [organic("T", site.url("/p"), f"Jan 1, 2020 ... {MARKER} ...")]}
         async with FakeSerper(results, api_key=KEY) as serper:
-            assert await google_search(KEY, "q", top_k=1, endpoint=serper.endpoint) == [contents("T", paragraph)]
+            assert await google_search(KEY, "q", top_k=1, snippet_only=False, endpoint=serper.endpoint) == [contents("T", paragraph)]
     assert site.fetched["/p"] == 1
 
 
@@ -156,7 +156,7 @@ async def test_pages_are_fetched_concurrently():
         results = {"q": [organic(f"T{i}", site.url(f"/{i}"), MARKER) for i in range(5)]}
         async with FakeSerper(results, api_key=KEY) as serper:
             started = time.monotonic()
-            result = await google_search(KEY, "q", top_k=5, endpoint=serper.endpoint)
+            result = await google_search(KEY, "q", top_k=5, snippet_only=False, endpoint=serper.endpoint)
             assert time.monotonic() - started < 0.8
     assert result == [contents(f"T{i}", f"page {i} {MARKER}") for i in range(5)]
 
@@ -175,7 +175,9 @@ async def test_failing_pages_fall_back_to_the_snippet_and_break_nothing():
         results = {"q": [organic(path, site.url(path), snippet) for path in links] + [organic("dead", "http://127.0.0.1:9/", snippet)]}
         async with FakeSerper(results, api_key=KEY) as serper:
             started = time.monotonic()
-            result = await google_search(KEY, "q", top_k=6, endpoint=serper.endpoint, page_timeout=0.3, page_max_bytes=100_000)
+            result = await google_search(
+                KEY, "q", top_k=6, snippet_only=False, endpoint=serper.endpoint, page_timeout=0.3, page_max_bytes=100_000
+            )
             assert time.monotonic() - started < 0.9
     assert result == [contents("/ok", f"Start. {snippet}. End.")] + [contents(t, snippet) for t in links[1:] + ["dead"]]
 

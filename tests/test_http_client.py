@@ -135,3 +135,44 @@ def test_policy_rejects_nonsense():
         RetryPolicy(max_attempts=0)
     with pytest.raises(ValueError, match="deadline_s must be positive"):
         RetryPolicy(deadline_s=0)
+
+
+def test_policy_needs_a_deadline_or_an_attempt_count():
+    with pytest.raises(ValueError, match="needs max_attempts or deadline_s"):
+        RetryPolicy(max_attempts=None, deadline_s=None)
+
+
+async def test_by_default_retries_last_until_the_deadline_not_a_few_attempts(cleanup):
+    ready_at = time.monotonic() + 1.2
+
+    async def handler(request):
+        if time.monotonic() < ready_at:
+            return web.Response(status=503, text="loading")
+        return web.json_response({"ok": 1})
+
+    url, runner = await serve(handler)
+    cleanup.append(runner)
+    policy = RetryPolicy(deadline_s=3.0, attempt_timeout_s=1.0, backoff_base_s=0.05, backoff_max_s=0.1)
+    assert await request_json("GET", url, policy=policy) == {"ok": 1}  # far more than 5 attempts
+
+
+async def test_failures_after_sending_are_not_retried_when_the_policy_says_so(cleanup):
+    handler, calls = scripted(("hang", "", None), (200, "{}", None))
+    url, runner = await serve(handler)
+    cleanup.append(runner)
+    policy = RetryPolicy(max_attempts=3, deadline_s=None, attempt_timeout_s=0.4, retry_after_send=False)
+    with pytest.raises(RequestFailed, match="TimeoutError"):
+        await request_json("POST", url, json={}, policy=policy)
+    assert len(calls) == 1
+
+
+async def test_several_servers_fail_over_to_one_that_answers(cleanup):
+    handler, _ = scripted((200, '{"ok": 1}', None))
+    url, runner = await serve(handler)
+    cleanup.append(runner)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/x"
+    sent = []
+    assert await request_json("GET", [dead, url], policy=FAST, on_attempt=sent.append) == {"ok": 1}
+    assert sent == [dead, url]

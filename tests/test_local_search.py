@@ -71,7 +71,7 @@ async def test_staggered_callers_sharing_queries_never_get_another_callers_docum
 
     async def caller(index: int, query: str) -> list[dict]:
         await asyncio.sleep((index * 7 % 50) / 1000)
-        return await local_search(retriever.search_url, query, top_k=3, batch_wait=0.005, max_batch_size=8)
+        return await local_search(retriever.search_url, query, top_k=3, batch_wait=0.005, max_queries_per_request=8)
 
     results = await asyncio.gather(*(caller(i, q) for i, q in enumerate(queries)))
     assert results == [expected(retriever.corpus[q], 3) for q in queries]
@@ -80,10 +80,10 @@ async def test_staggered_callers_sharing_queries_never_get_another_callers_docum
     assert all(len(body["queries"]) <= 8 for body in retriever.requests)
 
 
-async def test_batches_never_exceed_max_batch_size(retriever):
+async def test_requests_never_exceed_max_queries_per_request(retriever):
     queries = [f"q{i}" for i in range(10)]
     results = await asyncio.gather(
-        *(local_search(retriever.search_url, q, top_k=1, batch_wait=0.05, max_batch_size=4) for q in queries)
+        *(local_search(retriever.search_url, q, top_k=1, batch_wait=0.05, max_queries_per_request=4) for q in queries)
     )
     assert results == [expected(retriever.corpus[q], 1) for q in queries]
     assert [len(body["queries"]) for body in retriever.requests] == [4, 4, 2]
@@ -260,12 +260,16 @@ def test_both_response_shapes_are_parsed():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"search_url": []}, "search_url is empty"),
-        ({"top_k": 0}, "top_k .* at least 1"),
-        ({"timeout": 0}, "timeout .* must be positive"),
-        ({"max_batch_size": 0}, "max_batch_size must be at least 1"),
-        ({"cache_size": -1}, "cache_size must be 0 or more"),
-        ({"max_attempts": 0}, "max_attempts must be at least 1"),
+        ({"search_url": []}, r"search_r1\.local\.search_url must be a URL or a non-empty list of URLs"),
+        ({"top_k": 0}, r"search_r1\.topk must be at least 1, got 0"),
+        ({"timeout": 0}, r"search_r1\.search_timeout must be positive, got 0"),
+        ({"max_queries_per_request": 0}, r"search_r1\.local\.max_queries_per_request must be at least 1, got 0"),
+        ({"cache_size": -1}, r"search_r1\.local\.cache_size must be at least 0, got -1"),
+        ({"max_attempts": 0}, r"search_r1\.local\.max_attempts must be at least 1, got 0"),
+        ({"attempt_timeout": 0}, r"search_r1\.local\.attempt_timeout must be positive, got 0"),
+        ({"proxy": "socks5://p:1080"}, r"search_r1\.local\.proxy must be None or an http\(s\) proxy URL"),
+        ({"batch_wait": 2, "timeout": 1}, r"search_r1\.local\.batch_wait \(2\.0\) must be below search_r1\.search_timeout"),
+        ({"max_batch_size": 8}, r"unknown search_r1 setting\(s\): local\.max_batch_size"),
     ],
 )
 async def test_bad_configuration_is_rejected_before_any_request(retriever, kwargs, message):

@@ -10,18 +10,30 @@ class LoopbackServer:
 
     def __init__(self, app: web.Application):
         self.app = app
-        self._runner = web.AppRunner(app)
+        self._runner: web.AppRunner | None = web.AppRunner(app)
         self.port: int | None = None
 
     async def __aenter__(self) -> "LoopbackServer":
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        await self.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self._runner.cleanup()
+        await self.stop()
+
+    async def start(self) -> None:
+        """Listen on a free port, or again on the same port after ``stop`` (a restarted server)."""
+        if self._runner is None:
+            self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port or 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close the listener and every open connection, as a server process that exits does."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"

@@ -3,8 +3,12 @@
 ``corpus`` maps a query to its documents (``{"id", "contents"}`` dicts, best first); an unknown
 query gets a 500, so a test never mistakes a wrong query for an empty result. ``requests`` records
 every request body in arrival order. ``failures`` is a queue of faults served before normal
-answers: an int status (e.g. 503 or 429), ``"hang"`` (never answers in time) or ``"drop"``
-(closes the connection without a response).
+answers: an int status (e.g. 503 or 429), a ``(status, headers)`` pair (e.g. a 503 with
+``Retry-After``), ``"hang"`` (never answers in time) or ``"drop"`` (closes the connection without
+a response). ``loading_until`` (a ``time.monotonic()`` value): until then every request gets 503
+with ``Retry-After: retry_after`` and nothing else, as a server loading its index does.
+``api_key``: requests without ``Authorization: Bearer <api_key>`` get 401, as the real server
+started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up on the same port.
 ``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
 """
@@ -12,6 +16,7 @@ retriever (one encoder, one index) requests are served one at a time, so waiting
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 
 from aiohttp import web
@@ -32,6 +37,7 @@ class FakeRetriever(LoopbackServer):
         hang_s: float = 5.0,
         request_cost_s: float = 0.0,
         query_cost_s: float = 0.0,
+        api_key: str | None = None,
     ):
         self.corpus = corpus
         self.requests: list[dict] = []
@@ -39,6 +45,10 @@ class FakeRetriever(LoopbackServer):
         self.hang_s = hang_s
         self.request_cost_s = request_cost_s
         self.query_cost_s = query_cost_s
+        self.api_key = api_key
+        self.loading_until = 0.0
+        self.retry_after = "0.2"
+        self.refused: list[dict] = []  # bodies answered 503 (loading) or 401 (no token), not in ``requests``
         self._compute = asyncio.Lock()
         app = web.Application()
         app.router.add_post("/retrieve", self._retrieve)
@@ -54,6 +64,12 @@ class FakeRetriever(LoopbackServer):
 
     async def _retrieve(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if self.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            self.refused.append(body)
+            return web.json_response({"detail": "missing or wrong bearer token"}, status=401)
+        if time.monotonic() < self.loading_until:
+            self.refused.append(body)
+            return web.json_response({"detail": "the retriever is loading"}, status=503, headers={"Retry-After": self.retry_after})
         self.requests.append(body)
         if self.failures:
             fault = self.failures.popleft()
@@ -62,6 +78,9 @@ class FakeRetriever(LoopbackServer):
             elif fault == "drop":
                 request.transport.close()
                 return web.Response()
+            elif isinstance(fault, tuple):
+                status, headers = fault
+                return web.Response(status=status, text=f"injected {status}", headers=headers)
             else:
                 return web.Response(status=fault, text=f"injected {fault}")
         missing = [q for q in body["queries"] if q not in self.corpus]

@@ -1,0 +1,213 @@
+"""The plugin's configuration schema: every ``search_r1.*`` key with its type, range and default.
+
+Declared once, here. ``generate_with_search.SEARCH_R1_CONFIGS`` (upstream's plain dict) is
+derived from it, ``generate_with_search.resolve_config`` checks the merged settings against it
+before the first generation, the preflight reports the same problems, and both search backends
+validate their keyword arguments with it, so a default or a range cannot differ between them.
+Every problem is reported with the key's dotted name, e.g.
+``search_r1.local.max_queries_per_request must be at least 1, got 0``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import annotated_types
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+
+# What the retrieval client sends as ``Authorization: Bearer`` when search_r1.local.api_key is unset.
+RETRIEVAL_API_KEY_ENV = "RETRIEVAL_API_KEY"
+# What the serper.dev client sends as X-API-KEY when search_r1.google.api_key is unset.
+SERPER_API_KEY_ENV = "SERPER_API_KEY"
+
+
+class ConfigError(ValueError):
+    """The ``search_r1`` configuration is wrong; the message says which key and how to fix it.
+
+    ``problems`` lists every problem found, one sentence each.
+    """
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _search_urls(value: Any) -> str | list[str]:
+    if _is_http_url(value) or (isinstance(value, list) and value and all(_is_http_url(url) for url in value)):
+        return value
+    raise ValueError(
+        f"must be a URL or a non-empty list of URLs (http://host:port/retrieve), got {type(value).__name__}: {value!r}"
+    )
+
+
+def _url(value: Any) -> str:
+    if _is_http_url(value):
+        return value
+    raise ValueError(f"must be an http(s) URL, got {type(value).__name__}: {value!r}")
+
+
+def _optional_proxy(value: Any) -> str | None:
+    if value is None or _is_http_url(value):
+        return value
+    raise ValueError(f"must be None or an http(s) proxy URL such as http://proxy:3128, got {type(value).__name__}: {value!r}")
+
+
+def _optional_secret(value: Any) -> str | None:
+    # The value is never quoted: it may be a real key put under the wrong name.
+    if value is None or (isinstance(value, str) and value.strip()):
+        return value
+    raise ValueError(f"must be None or a non-empty string (got {type(value).__name__}, value not shown)")
+
+
+SearchUrls = Annotated[str | list[str], PlainValidator(_search_urls)]
+Url = Annotated[str, PlainValidator(_url)]
+Proxy = Annotated[str | None, PlainValidator(_optional_proxy)]
+Secret = Annotated[str | None, PlainValidator(_optional_secret)]
+
+
+class _Section(BaseModel):
+    # strict: YAML's "2" is not 2 and true is not 1; forbid: a misspelt key is an error.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LocalSettings(_Section):
+    """``search_r1.local``: the client of the local retrieval server (``local_search_server``)."""
+
+    search_url: SearchUrls = "http://127.0.0.1:8000/retrieve"  # or a list of servers
+    proxy: Proxy = None
+    batch_wait: float = Field(0.01, ge=0)  # seconds a query waits for others to share its request
+    max_queries_per_request: int = Field(64, ge=1)  # the most queries in one /retrieve request
+    cache: bool = True
+    cache_size: int = Field(10_000, ge=0)
+    max_attempts: int | None = Field(None, ge=1)  # None: retry until search_timeout
+    attempt_timeout: float = Field(10.0, gt=0)
+    api_key: Secret = None  # None: RETRIEVAL_API_KEY from the environment, if set
+
+
+class GoogleSettings(_Section):
+    """``search_r1.google``: the serper.dev client (``google_search_server``)."""
+
+    api_key: Secret = None  # None: SERPER_API_KEY from the environment
+    snippet_only: bool = True
+    proxy: Proxy = None
+    endpoint: Url = "https://google.serper.dev/search"
+    cache: bool = True
+    cache_size: int = Field(10_000, ge=0)
+    max_attempts: int | None = Field(None, ge=1)  # None: retry until search_timeout
+    attempt_timeout: float = Field(10.0, gt=0)
+    page_timeout: float = Field(5.0, gt=0)
+    page_max_bytes: int = Field(1_000_000, ge=1)
+
+
+class SearchR1Config(_Section):
+    """``search_r1``: the whole plugin configuration."""
+
+    # ---- the turn loop ----
+    max_turns: int = Field(2, ge=0)  # search (or invalid-action) rounds before the final answer turn
+    topk: int = Field(3, ge=1)  # passages per search
+    max_obs_tokens: int = Field(500, ge=1)  # cap on one observation, in tokens (Search-R1's max_obs_length)
+    # ---- search ----
+    search_concurrency: int = Field(256, ge=1)  # searches in flight at once, per event loop
+    search_timeout: float = Field(30.0, gt=0)  # seconds one search may take, retries included
+    search_backend: Literal["local", "google"] = "local"
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    google: GoogleSettings = Field(default_factory=GoogleSettings)
+    # ---- training ----
+    return_logprob: bool = True  # keep rollout log-probs (needed for TIS); False: rollout_log_probs=None
+    format_score: float = Field(0.2, ge=0, le=1)  # reward of a well-formed trajectory with a wrong answer
+
+    @model_validator(mode="after")
+    def _batch_wait_fits_the_timeout(self) -> SearchR1Config:
+        if self.local.batch_wait >= self.search_timeout:
+            raise ValueError(
+                f"search_r1.local.batch_wait ({self.local.batch_wait}) must be below search_r1.search_timeout "
+                f"({self.search_timeout}): a query waits that long before its request is even sent"
+            )
+        return self
+
+    @classmethod
+    def checked(cls, values: Mapping[str, Any]) -> SearchR1Config:
+        """Validate ``values``; raise ``ConfigError`` listing every problem by its dotted key."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc)) from None
+
+
+DEFAULTS = SearchR1Config()
+
+
+def known_keys(model: type[BaseModel] = SearchR1Config, path: str = "") -> list[str]:
+    """Every setting's dotted name, in declaration order."""
+    keys = []
+    for name, field in model.model_fields.items():
+        section = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, _Section) else None
+        keys.extend(known_keys(section, f"{path}{name}.") if section else [f"{path}{name}"])
+    return keys
+
+
+def _field(loc: tuple) -> FieldInfo | None:
+    model: Any = SearchR1Config
+    field = None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None
+        field = fields[part]
+        model = field.annotation
+    return field
+
+
+def _range(field: FieldInfo | None) -> str:
+    metadata = field.metadata if field is not None else []
+    ge = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
+    le = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
+    gt = next((m.gt for m in metadata if isinstance(m, annotated_types.Gt)), None)
+    if ge is not None and le is not None:
+        return f"must be between {ge} and {le}"
+    if ge is not None:
+        return f"must be at least {ge}"
+    return "must be positive" if gt == 0 else f"must be above {gt}"
+
+
+_TYPE_NAMES = {"int_type": "int", "bool_type": "bool", "float_type": "float", "string_type": "str"}
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    unknown, problems = [], []
+    for error in exc.errors():
+        loc, kind, value = error["loc"], error["type"], error.get("input")
+        dotted = ".".join(str(part) for part in loc)
+        name = f"search_r1.{dotted}" if dotted else "search_r1"
+        got = f"got {type(value).__name__}: {value!r}"
+        if kind == "extra_forbidden":
+            unknown.append(dotted)
+        elif kind == "value_error":
+            reason = str(error["ctx"]["error"])
+            problems.append(f"{name} {reason}" if loc else reason)
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            problems.append(f"{name} must be a mapping, {got}")
+        elif kind in _TYPE_NAMES:
+            problems.append(f"{name} must be {_TYPE_NAMES[kind]}, {got}")
+        elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+            problems.append(f"{name} {_range(_field(loc))}, got {value!r}")
+        elif kind == "literal_error":
+            problems.append(f"{name} must be {error['ctx']['expected']}, got {value!r}")
+        else:
+            problems.append(f"{name}: {error['msg']}, {got}")
+    if unknown:
+        problems.insert(
+            0,
+            f"unknown search_r1 setting(s): {', '.join(sorted(unknown))}. Known settings: {', '.join(known_keys())}",
+        )
+    return problems
