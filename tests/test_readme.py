@@ -7,6 +7,7 @@ import re
 import shlex
 from pathlib import Path
 
+from local_dense_retriever import download, retrieval_server
 from search_r1_slime import evaluate, prepare_data
 from tests.test_evaluate import EXPECTED_TABLE
 
@@ -37,12 +38,19 @@ def test_both_readmes_have_the_same_outline():
 def test_readme_commands_of_our_scripts_parse():
     for path in READMES:
         commands = bash_commands(path.read_text(encoding="utf-8"))
-        ours = {"search-r1-prepare-data": prepare_data.build_parser(), "search-r1-evaluate": evaluate.build_parser()}
+        ours = {
+            "search-r1-prepare-data": prepare_data.build_parser(),
+            "search-r1-evaluate": evaluate.build_parser(),
+            "local_dense_retriever.retrieval_server": retrieval_server.build_parser(),
+            "local_dense_retriever.download": download.build_parser(),
+        }
         seen = set()
         for argv in commands:
-            if argv[:1] and argv[0] in ours:
-                ours[argv[0]].parse_args(argv[1:])  # exits (SystemExit) on an unknown flag
-                seen.add(argv[0])
+            # "python -m module ..." is named by its module, a console script by itself.
+            name, rest = (argv[2], argv[3:]) if argv[:2] == ["python", "-m"] else (argv[0], argv[1:])
+            if name in ours:
+                ours[name].parse_args(rest)  # exits (SystemExit) on an unknown flag
+                seen.add(name)
         assert seen == set(ours), path
 
 
