@@ -24,6 +24,7 @@ class ServerConfig:
     max_length: int = 256
     device: str = "auto"
     fp16: bool | None = None
+    precision: str = "auto"
     encode_chunk_size: int = 32
     # Micro-batching: one worker encodes and searches up to max_batch_size queries at a time; a
     # batch gathers queries for at most max_wait_ms and stops when none arrived for max_gap_ms

@@ -10,7 +10,7 @@ import pytest
 
 from local_dense_retriever import index_builder
 from local_dense_retriever.bm25 import BM25Searcher
-from local_dense_retriever.dense import BLAS_THRESHOLD, DenseSearcher, load_index
+from local_dense_retriever.dense import BLAS_THRESHOLD, DenseSearcher, LoadedIndex, load_index
 from local_dense_retriever.encoder import Encoder
 from local_dense_retriever.encoder_config import EncoderConfig
 from tests.fakes.encoders import make_tiny_bert
@@ -56,7 +56,9 @@ def test_any_factory_string_builds_an_index_the_server_loads(setup, factory, par
     d, _, model = setup
     path = build(setup, f"{factory}.index", "--faiss_type", factory, "--keep_embeddings")
     assert not (d / f"{factory}.index.tmp").exists()
-    index = load_index(path, search_params=params)
+    loaded = load_index(path, search_params=params)
+    index = loaded.index
+    assert loaded.loaded == "mmap" and loaded.file_bytes == (d / f"{factory}.index").stat().st_size
     assert type(faiss.downcast_index(index)).__name__ == index_type and index.ntotal == len(TEXTS)
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
     vectors = np.load(d / f"{factory}.index.embeddings.npy")
@@ -101,9 +103,24 @@ def test_loading_sets_faiss_to_use_blas_for_query_batches(setup):
 def test_an_index_of_another_dimension_is_refused(setup):
     _, _, model = setup
     with pytest.raises(ValueError, match="the encoder makes 32-d vectors but the index holds 7-d vectors"):
-        DenseSearcher(Encoder(EncoderConfig(model)), faiss.IndexFlatIP(7))
+        DenseSearcher(Encoder(EncoderConfig(model)), LoadedIndex(faiss.IndexFlatIP(7), "read", 0))
 
 
 def test_faiss_gpu_without_gpu_support_is_a_clear_error(setup):
     with pytest.raises(RuntimeError, match="--faiss_gpu needs faiss with GPU support"):
         load_index(build(setup, "gpu.index"), gpu=True)
+
+
+def test_search_params_that_do_not_apply_are_a_clear_error(setup):
+    with pytest.raises(ValueError, match="--faiss_search_params 'nprobe=4' does not apply to this IndexFlatIP"):
+        load_index(build(setup, "flat_params.index"), search_params="nprobe=4")
+
+
+def test_search_params_reach_the_index(setup):
+    path = build(setup, "hnsw_params.index", "--faiss_type", "HNSW8")
+    assert faiss.downcast_index(load_index(path, search_params="efSearch=77").index).hnsw.efSearch == 77
+
+
+def test_a_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.index does not exist; pass --index_path"):
+        load_index(str(tmp_path / "missing.index"))
