@@ -124,3 +124,38 @@ def test_search_params_reach_the_index(setup):
 def test_a_missing_index_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.index does not exist; pass --index_path"):
         load_index(str(tmp_path / "missing.index"))
+
+
+@pytest.mark.parametrize("factory, params, index_type", [
+    ("SQ8", None, "IndexScalarQuantizer"),
+    ("HNSW8", "efSearch=64", "IndexHNSWFlat"),
+    ("IVF2,PQ4x2,RFlat", "nprobe=2,k_factor_rf=12", "IndexRefineFlat"),
+])
+def test_a_flat_index_converts_to_any_type_without_the_corpus(setup, factory, params, index_type):
+    d, _, _ = setup
+    flat = build(setup, "source_flat.index", "--keep_embeddings")
+    out = str(d / f"converted_{factory}.index")
+    argv = ["--from_index", flat, "--faiss_type", factory, "--output_path", out, "--train_size", "12", "--no_progress"]
+    assert index_builder.main(argv) == 0
+    index = load_index(out, search_params=params).index
+    assert type(faiss.downcast_index(index)).__name__ == index_type and index.ntotal == len(TEXTS)
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    _, ids = index.search(np.load(d / "source_flat.index.embeddings.npy"), 1)
+    assert ids[:, 0].tolist() == list(range(len(TEXTS)))  # same ids: each passage finds itself first
+
+
+def test_conversion_reads_the_source_in_chunks(setup, monkeypatch):
+    d, _, _ = setup
+    flat = build(setup, "chunked_flat.index")
+    reads: list[int] = []
+    original = index_builder.IndexVectors.__getitem__
+    monkeypatch.setattr(index_builder.IndexVectors, "__getitem__", lambda self, key: reads.append(len(got := original(self, key))) or got)
+    monkeypatch.setattr(index_builder, "_ADD_CHUNK_ROWS", 5)
+    index_builder.convert_index(flat, d / "chunked_sq8.index", factory="SQ8", train_size=8, show_progress=False)
+    assert reads == [8, 5, 5, 2]  # the training sample, then the vectors chunk by chunk
+
+
+def test_converting_needs_a_source_or_a_corpus(setup, capsys):
+    with pytest.raises(SystemExit):
+        index_builder.main(["--output_path", "x.index"])
+    assert "one of the arguments --corpus_path --from_index is required" in capsys.readouterr().err
