@@ -142,7 +142,9 @@ def run_server_phase(config: ServerConfig, args: argparse.Namespace) -> dict:
            "--corpus_path", config.corpus_path, "--retriever_name", config.retriever_name,
            "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port),
            "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
-           "--max_gap_ms", str(args.max_gap_ms), "--log_level", "warning"]
+           "--max_gap_ms", str(args.max_gap_ms), "--precision", config.precision, "--log_level", "warning"]
+    if config.faiss_search_params:
+        cmd += ["--faiss_search_params", config.faiss_search_params]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     server = subprocess.Popen(cmd, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
