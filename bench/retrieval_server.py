@@ -14,7 +14,13 @@ packaged all-MiniLM-L6-v2, so encoding and search cost what they would with real
    the server's mean batch size, when that differs (with N closed-loop clients the server settles
    on batches of about N/2: one half is encoded while the other half's answers travel).
 
-Target: the server reaches at least 80% of the in-process limit with 0 errors and p99 < 2 s.
+3. Encoder precision (``--precisions``, default fp32 and auto): the server phase runs once per
+   precision; then, on real text (WordNet passages and usage examples, bench/realtext.py), the share
+   of queries whose top 3 (ids, in order) equal fp32's, against a flat index of the fp32 passage
+   vectors.
+
+Target: the server reaches at least 80% of the in-process limit with 0 errors and p99 < 2 s, and
+every precision's top 3 equal fp32's for at least 99% of the real-text queries.
 Run it on an otherwise idle machine: the clients and the server share its cores.
 """
 
@@ -31,8 +37,12 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import aiohttp
 import numpy as np
+
+import realtext
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -178,6 +188,28 @@ def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: arg
     return rates
 
 
+def top3_agreement(precisions: list[str], args: argparse.Namespace) -> dict[str, float]:
+    """Per precision: the share of real-text queries whose top 3 (in order) equal fp32's."""
+    import faiss
+
+    from local_dense_retriever.encoder import Encoder
+    from local_dense_retriever.encoder_config import EncoderConfig
+
+    def encoder(precision: str) -> Encoder:
+        return Encoder(EncoderConfig(minilm_path(), retriever_name="minilm", device="cpu", precision=precision))
+
+    corpus, texts = realtext.build(args.workdir, args.realtext_passages, args.realtext_queries)
+    fp32 = encoder("fp32")
+    index = faiss.IndexFlatIP(DIM)
+    index.add(realtext.passage_embeddings(corpus, lambda batch: fp32.encode(batch, is_query=False)))
+    _, reference = index.search(fp32.encode(texts, is_query=True), 3)
+    shares = {}
+    for precision in precisions:
+        _, found = index.search(encoder(precision).encode(texts, is_query=True), 3)
+        shares[precision] = float((found == reference).all(axis=1).mean())
+    return shares
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured in each phase")
@@ -188,6 +220,9 @@ def main() -> None:
     p.add_argument("--max_batch_size", type=int, default=ServerConfig.max_batch_size)
     p.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms)
     p.add_argument("--max_gap_ms", type=float, default=ServerConfig.max_gap_ms)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "auto"], help="encoder precisions to serve with, in turn")
+    p.add_argument("--realtext_passages", type=int, default=50_000, help="WordNet passages for the top-3 agreement check")
+    p.add_argument("--realtext_queries", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -196,19 +231,25 @@ def main() -> None:
     print(f"{args.passages} passages, flat index, MiniLM on CPU ({os.cpu_count()} cores), "
           f"{args.clients} clients x 1 query, max_batch_size {args.max_batch_size}, max_wait_ms {args.max_wait_ms}, "
           f"max_gap_ms {args.max_gap_ms}")
-    served = run_server_phase(config, args)
-    print(f"server:     {served['qps']:7.1f} queries/s  p50 {served['p50'] * 1000:6.0f} ms  "
-          f"p99 {served['p99'] * 1000:6.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
-    if served["first_error"]:
-        print(f"            first error: {served['first_error']}")
+    for precision in args.precisions:
+        config = replace(config, precision=precision)
+        served = run_server_phase(config, args)
+        print(f"server {precision:4s}: {served['qps']:7.1f} queries/s  p50 {served['p50'] * 1000:6.0f} ms  "
+              f"p99 {served['p99'] * 1000:6.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
+        if served["first_error"]:
+            print(f"             first error: {served['first_error']}")
     mean_batch = max(1, round(served["mean_batch"]))
     limits = run_in_process_phase(config, sorted({args.max_batch_size, mean_batch}), args)
     for batch, rate in limits.items():
-        print(f"in-process: {rate:7.1f} queries/s  (batches of {batch}, no HTTP)  server/in-process = {served['qps'] / rate:.0%}")
+        print(f"in-process ({config.precision}): {rate:7.1f} queries/s  (batches of {batch}, no HTTP)  server/in-process = {served['qps'] / rate:.0%}")
+    shares = top3_agreement(args.precisions, args)
+    for precision, share in shares.items():
+        print(f"top 3 equal to fp32's (real text, {args.realtext_queries} queries): {precision:4s} {share:.1%}")
     ratio = served["qps"] / limits[args.max_batch_size]
-    ok = ratio >= 0.8 and served["errors"] == 0 and served["p99"] < 2.0
+    ok = ratio >= 0.8 and served["errors"] == 0 and served["p99"] < 2.0 and min(shares.values()) >= 0.99
     print(f"{'PASS' if ok else 'FAIL'}: {ratio:.0%} of the in-process limit at max_batch_size {args.max_batch_size} "
-          f"(target >= 80%), {served['errors']} errors, p99 {served['p99']:.2f} s (target < 2 s)")
+          f"(target >= 80%), {served['errors']} errors, p99 {served['p99']:.2f} s (target < 2 s), "
+          f"top-3 agreement {min(shares.values()):.1%} (target >= 99%)")
 
 
 if __name__ == "__main__":
