@@ -14,7 +14,7 @@ packaged all-MiniLM-L6-v2, so encoding and search cost what they would with real
    the server's mean batch size, when that differs (with N closed-loop clients the server settles
    on batches of about N/2: one half is encoded while the other half's answers travel).
 
-3. Encoder precision (``--precisions``, default fp32 and auto): the server phase runs once per
+3. Encoder precision (``--precisions``, default fp32 and bf16): the server phase runs once per
    precision; then, on real text (WordNet passages and usage examples, bench/realtext.py), the share
    of queries whose top 3 (ids, in order) equal fp32's, against a flat index of the fp32 passage
    vectors.
@@ -220,7 +220,7 @@ def main() -> None:
     p.add_argument("--max_batch_size", type=int, default=ServerConfig.max_batch_size)
     p.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms)
     p.add_argument("--max_gap_ms", type=float, default=ServerConfig.max_gap_ms)
-    p.add_argument("--precisions", nargs="+", default=["fp32", "auto"], help="encoder precisions to serve with, in turn")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="encoder precisions to serve with, in turn")
     p.add_argument("--realtext_passages", type=int, default=50_000, help="WordNet passages for the top-3 agreement check")
     p.add_argument("--realtext_queries", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work")

@@ -91,13 +91,14 @@ def test_unknown_pooling_is_rejected():
 
 @pytest.mark.parametrize("device, native_bf16, precision, dtype", [
     ("cuda", True, "auto", torch.float16),
-    ("cpu", True, "auto", torch.bfloat16),
+    ("cpu", True, "auto", torch.float32),
     ("cpu", False, "auto", torch.float32),
+    ("cpu", True, "bf16", torch.bfloat16),
     ("cpu", True, "fp32", torch.float32),
     ("cuda", False, "bf16", torch.bfloat16),
     ("cpu", True, "fp16", torch.float16),
 ])
-def test_precision_auto_is_fp16_on_gpu_bf16_on_a_bf16_cpu_else_fp32(monkeypatch, device, native_bf16, precision, dtype):
+def test_precision_auto_is_fp16_on_gpu_and_fp32_on_cpu_other_precisions_are_forced(monkeypatch, device, native_bf16, precision, dtype):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native_bf16)
     assert choose_dtype(torch.device(device), precision) is dtype
 
@@ -127,3 +128,9 @@ def test_bf16_finds_fp32s_top3_for_99_percent_of_queries_on_the_demo_corpus():
     top3 = [np.argsort(-enc.encode(queries, is_query=True) @ docs.T, axis=1)[:, :3] for enc in (fp32, bf16)]
     agreement = (top3[0] == top3[1]).all(axis=1).mean()
     assert agreement >= 0.99, f"bf16's top 3 equal fp32's for only {agreement:.1%} of {len(queries)} queries"
+
+
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    assert choose_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+    assert "bf16 is emulated and slower than fp32" in caplog.text
