@@ -9,12 +9,14 @@ packaged all-MiniLM-L6-v2, so encoding and search cost what they would with real
 1. Server: ``retrieval_server`` in its own process; ``--clients`` concurrent clients, one query per
    request, for ``--duration`` seconds after a warm-up. Prints queries/s, p50/p99 latency, errors
    and the server's mean batch size.
-2. In-process limit: the same encoder, index and corpus lookup in this process, called in batches
+2. Baseline: an upstream-like server (each request encoded and searched on its own, fp32, in
+   FastAPI's thread pool) under the same load (``--no_baseline`` skips it).
+3. In-process limit: the same encoder, index and corpus lookup in this process, called in batches
    of ``--max_batch_size`` queries with no HTTP, for the same duration (server stopped); and at
    the server's mean batch size, when that differs (with N closed-loop clients the server settles
    on batches of about N/2: one half is encoded while the other half's answers travel).
 
-3. Encoder precision (``--precisions``, default fp32 and bf16): the server phase runs once per
+4. Encoder precision (``--precisions``, default fp32 and bf16): the server phase runs once per
    precision; then, on real text (WordNet passages and usage examples, bench/realtext.py), the share
    of queries whose top 3 (ids, in order) equal fp32's, against a flat index of the fp32 passage
    vectors.
@@ -171,6 +173,57 @@ def run_server_phase(config: ServerConfig, args: argparse.Namespace) -> dict:
         server.wait(30)
 
 
+def serve_upstream_like(config: ServerConfig, port: int) -> None:
+    """A stand-in of upstream's serving pattern (the baseline): a plain (sync) endpoint that
+    encodes and searches each request's queries on its own, fp32, in FastAPI's thread pool; no
+    batching across requests. Same encoder, index and corpus code as ours."""
+    import threading
+
+    import faiss
+    import uvicorn
+    from fastapi import FastAPI
+
+    from local_dense_retriever.corpus import CorpusStore
+    from local_dense_retriever.encoder import Encoder
+
+    encoder = Encoder(replace(config, precision="fp32").encoder_config())
+    index = faiss.read_index(config.index_path)
+    corpus = CorpusStore(config.corpus_path)
+    app, lock, served = FastAPI(), threading.Lock(), {"queries": 0, "batches": 0}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ready", "served": served}
+
+    @app.post("/retrieve")
+    def retrieve(body: dict) -> dict:
+        _, ids = index.search(encoder.encode(body["queries"], is_query=True), body.get("topk", 3))
+        with lock:
+            served["queries"] += len(body["queries"])
+            served["batches"] += 1
+        return {"result": [corpus.get(row.tolist()) for row in ids]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def run_upstream_like_phase(args: argparse.Namespace) -> dict:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve_upstream_like", str(port), "--passages", str(args.passages), "--workdir", str(args.workdir)]
+    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    async def main() -> dict:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, url, server)
+        return await load(url, args.clients, args.duration, args.warmup, args.topk)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: argparse.Namespace) -> dict[int, float]:
     """Queries/s of batched encode + search + passage lookup, no HTTP, for each batch size."""
     from local_dense_retriever.retriever import load_retriever
@@ -224,13 +277,22 @@ def main() -> None:
     p.add_argument("--realtext_passages", type=int, default=50_000, help="WordNet passages for the top-3 agreement check")
     p.add_argument("--realtext_queries", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work")
+    p.add_argument("--no_baseline", action="store_true", help="skip the upstream-like server")
+    p.add_argument("--serve_upstream_like", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     config = prepare(args.workdir, args.passages)
+    if args.serve_upstream_like:
+        serve_upstream_like(config, args.serve_upstream_like)
+        return
     print(f"{args.passages} passages, flat index, MiniLM on CPU ({os.cpu_count()} cores), "
           f"{args.clients} clients x 1 query, max_batch_size {args.max_batch_size}, max_wait_ms {args.max_wait_ms}, "
           f"max_gap_ms {args.max_gap_ms}")
+    baseline = None if args.no_baseline else run_upstream_like_phase(args)
+    if baseline:
+        print(f"upstream-like: {baseline['qps']:7.1f} queries/s  p50 {baseline['p50'] * 1000:6.0f} ms  "
+              f"p99 {baseline['p99'] * 1000:6.0f} ms  errors {baseline['errors']}")
     for precision in args.precisions:
         config = replace(config, precision=precision)
         served = run_server_phase(config, args)
@@ -238,6 +300,8 @@ def main() -> None:
               f"p99 {served['p99'] * 1000:6.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
         if served["first_error"]:
             print(f"             first error: {served['first_error']}")
+        if baseline:
+            print(f"             {served['qps'] / baseline['qps']:.1f}x the upstream-like server's queries/s")
     mean_batch = max(1, round(served["mean_batch"]))
     limits = run_in_process_phase(config, sorted({args.max_batch_size, mean_batch}), args)
     for batch, rate in limits.items():
