@@ -157,8 +157,12 @@ def run_server_phase(config: ServerConfig, args: argparse.Namespace) -> dict:
            "--max_gap_ms", str(args.max_gap_ms), "--precision", config.precision, "--log_level", "warning"]
     if config.faiss_search_params:
         cmd += ["--faiss_search_params", config.faiss_search_params]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    return load_server_process(cmd, port, args)
+
+
+def load_server_process(cmd: list[str], port: int, args: argparse.Namespace) -> dict:
+    """Start the server ``cmd`` (listening on ``port``), wait until ready, run the load, stop it."""
+    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
 
     async def main() -> dict:
@@ -209,19 +213,7 @@ def serve_upstream_like(config: ServerConfig, port: int) -> None:
 def run_upstream_like_phase(args: argparse.Namespace) -> dict:
     port = free_port()
     cmd = [sys.executable, __file__, "--serve_upstream_like", str(port), "--passages", str(args.passages), "--workdir", str(args.workdir)]
-    server = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    async def main() -> dict:
-        async with aiohttp.ClientSession() as session:
-            await wait_ready(session, url, server)
-        return await load(url, args.clients, args.duration, args.warmup, args.topk)
-
-    try:
-        return asyncio.run(main())
-    finally:
-        server.terminate()
-        server.wait(30)
+    return load_server_process(cmd, port, args)
 
 
 def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: argparse.Namespace) -> dict[int, float]:
