@@ -9,12 +9,20 @@ packaged all-MiniLM-L6-v2, so encoding and search cost what they would with real
 1. Server: ``retrieval_server`` in its own process; ``--clients`` concurrent clients, one query per
    request, for ``--duration`` seconds after a warm-up. Prints queries/s, p50/p99 latency, errors
    and the server's mean batch size.
-2. In-process limit: the same encoder, index and corpus lookup in this process, called in batches
+2. Baseline: an upstream-like server (each request encoded and searched on its own, fp32, in
+   FastAPI's thread pool) under the same load (``--no_baseline`` skips it).
+3. In-process limit: the same encoder, index and corpus lookup in this process, called in batches
    of ``--max_batch_size`` queries with no HTTP, for the same duration (server stopped); and at
    the server's mean batch size, when that differs (with N closed-loop clients the server settles
    on batches of about N/2: one half is encoded while the other half's answers travel).
 
-Target: the server reaches at least 80% of the in-process limit with 0 errors and p99 < 2 s.
+4. Encoder precision (``--precisions``, default fp32 and bf16): the server phase runs once per
+   precision; then, on real text (WordNet passages and usage examples, bench/realtext.py), the share
+   of queries whose top 3 (ids, in order) equal fp32's, against a flat index of the fp32 passage
+   vectors.
+
+Target: the server reaches at least 80% of the in-process limit with 0 errors and p99 < 2 s, and
+every precision's top 3 equal fp32's for at least 99% of the real-text queries.
 Run it on an otherwise idle machine: the clients and the server share its cores.
 """
 
@@ -31,8 +39,12 @@ import sys
 import time
 from pathlib import Path
 
+from dataclasses import replace
+
 import aiohttp
 import numpy as np
+
+import realtext
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -140,9 +152,12 @@ def start_server(config: ServerConfig, port: int, *flags: str) -> subprocess.Pop
     """``retrieval_server`` for ``config`` on CPU at 127.0.0.1:``port``, in its own process; ``flags`` are appended."""
     cmd = [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", config.index_path,
            "--corpus_path", config.corpus_path, "--retriever_name", config.retriever_name,
-           "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port), "--log_level", "warning"]
+           "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port),
+           "--precision", config.precision, "--log_level", "warning"]
     if config.corpus_arrow_path:
         cmd += ["--corpus_arrow_path", config.corpus_arrow_path]
+    if config.faiss_search_params:
+        cmd += ["--faiss_search_params", config.faiss_search_params]
     return subprocess.Popen([*cmd, *flags], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -151,6 +166,11 @@ def run_server_phase(config: ServerConfig, args: argparse.Namespace, extra_flags
     port = free_port()
     server = start_server(config, port, "--max_batch_size", str(args.max_batch_size), "--max_wait_ms", str(args.max_wait_ms),
                           "--max_gap_ms", str(args.max_gap_ms), *extra_flags)
+    return load_server_process(server, port, args)
+
+
+def load_server_process(server: subprocess.Popen, port: int, args: argparse.Namespace) -> dict:
+    """Wait until the server process (listening on ``port``) is ready, run the load, stop it."""
     url = f"http://127.0.0.1:{port}"
 
     async def main() -> dict:
@@ -163,6 +183,45 @@ def run_server_phase(config: ServerConfig, args: argparse.Namespace, extra_flags
     finally:
         server.terminate()
         server.wait(30)
+
+
+def serve_upstream_like(config: ServerConfig, port: int) -> None:
+    """A stand-in of upstream's serving pattern (the baseline): a plain (sync) endpoint that
+    encodes and searches each request's queries on its own, fp32, in FastAPI's thread pool; no
+    batching across requests. Same encoder, index and corpus code as ours."""
+    import threading
+
+    import faiss
+    import uvicorn
+    from fastapi import FastAPI
+
+    from local_dense_retriever.corpus import CorpusStore
+    from local_dense_retriever.encoder import Encoder
+
+    encoder = Encoder(replace(config, precision="fp32").encoder_config())
+    index = faiss.read_index(config.index_path)
+    corpus = CorpusStore(config.corpus_path)
+    app, lock, served = FastAPI(), threading.Lock(), {"queries": 0, "batches": 0}
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ready", "served": served}
+
+    @app.post("/retrieve")
+    def retrieve(body: dict) -> dict:
+        _, ids = index.search(encoder.encode(body["queries"], is_query=True), body.get("topk", 3))
+        with lock:
+            served["queries"] += len(body["queries"])
+            served["batches"] += 1
+        return {"result": [corpus.get(row.tolist()) for row in ids]}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def run_upstream_like_phase(args: argparse.Namespace) -> dict:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--serve_upstream_like", str(port), "--passages", str(args.passages), "--workdir", str(args.workdir)]
+    return load_server_process(subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}), port, args)
 
 
 def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: argparse.Namespace) -> dict[int, float]:
@@ -182,6 +241,28 @@ def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: arg
     return rates
 
 
+def top3_agreement(precisions: list[str], args: argparse.Namespace) -> dict[str, float]:
+    """Per precision: the share of real-text queries whose top 3 (in order) equal fp32's."""
+    import faiss
+
+    from local_dense_retriever.encoder import Encoder
+    from local_dense_retriever.encoder_config import EncoderConfig
+
+    def encoder(precision: str) -> Encoder:
+        return Encoder(EncoderConfig(minilm_path(), retriever_name="minilm", device="cpu", precision=precision))
+
+    corpus, texts = realtext.build(args.workdir, args.realtext_passages, args.realtext_queries)
+    fp32 = encoder("fp32")
+    index = faiss.IndexFlatIP(DIM)
+    index.add(realtext.passage_embeddings(corpus, lambda batch: fp32.encode(batch, is_query=False)))
+    _, reference = index.search(fp32.encode(texts, is_query=True), 3)
+    shares = {}
+    for precision in precisions:
+        _, found = index.search(encoder(precision).encode(texts, is_query=True), 3)
+        shares[precision] = float((found == reference).all(axis=1).mean())
+    return shares
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=30.0, help="seconds measured in each phase")
@@ -192,27 +273,47 @@ def main() -> None:
     p.add_argument("--max_batch_size", type=int, default=ServerConfig.max_batch_size)
     p.add_argument("--max_wait_ms", type=float, default=ServerConfig.max_wait_ms)
     p.add_argument("--max_gap_ms", type=float, default=ServerConfig.max_gap_ms)
+    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="encoder precisions to serve with, in turn")
+    p.add_argument("--realtext_passages", type=int, default=50_000, help="WordNet passages for the top-3 agreement check")
+    p.add_argument("--realtext_queries", type=int, default=2000)
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work")
+    p.add_argument("--no_baseline", action="store_true", help="skip the upstream-like server")
+    p.add_argument("--serve_upstream_like", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     config = prepare(args.workdir, args.passages)
+    if args.serve_upstream_like:
+        serve_upstream_like(config, args.serve_upstream_like)
+        return
     print(f"{args.passages} passages, flat index, MiniLM on CPU ({os.cpu_count()} cores), "
           f"{args.clients} clients x 1 query, max_batch_size {args.max_batch_size}, max_wait_ms {args.max_wait_ms}, "
           f"max_gap_ms {args.max_gap_ms}")
-    served = run_server_phase(config, args)
-    print(f"server:     {served['qps']:7.1f} queries/s  p50 {served['p50'] * 1000:6.0f} ms  "
-          f"p99 {served['p99'] * 1000:6.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
-    if served["first_error"]:
-        print(f"            first error: {served['first_error']}")
+    baseline = None if args.no_baseline else run_upstream_like_phase(args)
+    if baseline:
+        print(f"upstream-like: {baseline['qps']:7.1f} queries/s  p50 {baseline['p50'] * 1000:6.0f} ms  "
+              f"p99 {baseline['p99'] * 1000:6.0f} ms  errors {baseline['errors']}")
+    for precision in args.precisions:
+        config = replace(config, precision=precision)
+        served = run_server_phase(config, args)
+        print(f"server {precision:4s}: {served['qps']:7.1f} queries/s  p50 {served['p50'] * 1000:6.0f} ms  "
+              f"p99 {served['p99'] * 1000:6.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
+        if served["first_error"]:
+            print(f"             first error: {served['first_error']}")
+        if baseline:
+            print(f"             {served['qps'] / baseline['qps']:.1f}x the upstream-like server's queries/s")
     mean_batch = max(1, round(served["mean_batch"]))
     limits = run_in_process_phase(config, sorted({args.max_batch_size, mean_batch}), args)
     for batch, rate in limits.items():
-        print(f"in-process: {rate:7.1f} queries/s  (batches of {batch}, no HTTP)  server/in-process = {served['qps'] / rate:.0%}")
+        print(f"in-process ({config.precision}): {rate:7.1f} queries/s  (batches of {batch}, no HTTP)  server/in-process = {served['qps'] / rate:.0%}")
+    shares = top3_agreement(args.precisions, args)
+    for precision, share in shares.items():
+        print(f"top 3 equal to fp32's (real text, {args.realtext_queries} queries): {precision:4s} {share:.1%}")
     ratio = served["qps"] / limits[args.max_batch_size]
-    ok = ratio >= 0.8 and served["errors"] == 0 and served["p99"] < 2.0
+    ok = ratio >= 0.8 and served["errors"] == 0 and served["p99"] < 2.0 and min(shares.values()) >= 0.99
     print(f"{'PASS' if ok else 'FAIL'}: {ratio:.0%} of the in-process limit at max_batch_size {args.max_batch_size} "
-          f"(target >= 80%), {served['errors']} errors, p99 {served['p99']:.2f} s (target < 2 s)")
+          f"(target >= 80%), {served['errors']} errors, p99 {served['p99']:.2f} s (target < 2 s), "
+          f"top-3 agreement {min(shares.values()):.1%} (target >= 99%)")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.json as pa_json
@@ -75,7 +76,11 @@ class CorpusStore:
         if not self._arrow_is_current():
             logger.info("building the Arrow cache of %s (once per corpus)", self.corpus_path)
             convert_jsonl(self.corpus_path, self.arrow_path)
-        self._table = ipc.open_file(pa.memory_map(str(self.arrow_path), "r")).read_all()
+        reader = ipc.open_file(pa.memory_map(str(self.arrow_path), "r"))
+        # Zero-copy views of the mapped file, one per record batch: nothing is read until used.
+        self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self._starts = np.cumsum([0] + [batch.num_rows for batch in self._batches])
+        self._table = pa.Table.from_batches(self._batches, schema=reader.schema)
 
     def _arrow_is_current(self) -> bool:
         if not self.corpus_path.exists():
@@ -92,8 +97,21 @@ class CorpusStore:
         return self._table.num_rows
 
     def get(self, rows: list[int]) -> list[dict]:
-        """The passages at ``rows`` (in that order) as dicts of their JSON fields."""
-        return self._table.take(pa.array(rows, type=pa.int64())).to_pylist()
+        """The passages at ``rows`` (in that order) as dicts of their JSON fields.
+
+        Taken batch by batch: pyarrow's ``take`` on the whole (chunked) table first concatenates
+        every chunk of every column, i.e. copies the corpus into memory (100 MB per call at 1M
+        passages, measured with pyarrow 26).
+        """
+        wanted = np.asarray(rows, dtype=np.int64)
+        chunk_of = np.searchsorted(self._starts, wanted, side="right") - 1
+        found: list[dict] = [{}] * len(wanted)
+        for chunk in np.unique(chunk_of):
+            positions = np.flatnonzero(chunk_of == chunk)
+            documents = self._batches[chunk].take(pa.array(wanted[positions] - self._starts[chunk])).to_pylist()
+            for position, document in zip(positions, documents):
+                found[position] = document
+        return found
 
     def contents(self, start: int, stop: int) -> list[str]:
         """The ``contents`` strings of rows ``start``..``stop-1`` (for index building)."""

@@ -3,7 +3,10 @@
     python -m local_dense_retriever.download --save_path /data/wiki-18
 
 Result in ``--save_path``: ``e5_Flat.index`` (the two hub parts joined) and ``wiki-18.jsonl`` (the
-corpus unpacked), ready for ``retrieval_server --index_path ... --corpus_path ...``. About 60-70 GB
+corpus unpacked), ready for ``retrieval_server --index_path ... --corpus_path ...``.
+``--index hnsw64`` fetches Search-R1's prebuilt HNSW64 index instead (``e5_HNSW64.index``, about
+75 GB: faster on CPU, less exact; bench/index_menu.py measures HNSW's recall). Both indexes are
+split in parts of the same names, so fetch one per run (``--skip_corpus`` for the second). About 60-70 GB
 is downloaded and 132 GB is needed while parts and joined index coexist; the parts and the ``.gz``
 are deleted once their output is verified (``--keep_downloads`` keeps them).
 
@@ -32,6 +35,20 @@ logger = logging.getLogger(__name__)
 INDEX_REPO = "PeterJinGo/wiki-18-e5-index"
 INDEX_PARTS = ("part_aa", "part_ab")
 INDEX_NAME = "e5_Flat.index"
+
+
+@dataclass(frozen=True)
+class PrebuiltIndex:
+    repo_id: str
+    parts: tuple[str, ...]
+    name: str
+
+
+# Search-R1's prebuilt e5-base-v2 indexes of wiki-18 (hub dataset repositories, split in parts).
+PREBUILT = {
+    "flat": PrebuiltIndex(INDEX_REPO, INDEX_PARTS, INDEX_NAME),
+    "hnsw64": PrebuiltIndex("PeterJinGo/wiki-18-e5-index-HNSW64", ("part_aa", "part_ab"), "e5_HNSW64.index"),
+}
 CORPUS_REPO = "PeterJinGo/wiki-18-corpus"
 CORPUS_FILE = "wiki-18.jsonl.gz"
 
@@ -188,9 +205,11 @@ def download_corpus(source: Source, repo_id: str, filename: str, save_path: Path
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Download the wiki-18 E5 index and corpus from the Hugging Face hub.")
     p.add_argument("--save_path", required=True, help="directory for e5_Flat.index and wiki-18.jsonl")
-    p.add_argument("--repo_id", default=INDEX_REPO, help="dataset repo holding the index parts")
-    p.add_argument("--index_parts", nargs="+", default=list(INDEX_PARTS), help="part files, joined in this order")
-    p.add_argument("--index_name", default=INDEX_NAME, help="name of the joined index file")
+    p.add_argument("--index", choices=list(PREBUILT), default="flat",
+                   help="which prebuilt index: flat (exact, e5_Flat.index) or hnsw64 (Search-R1's e5_HNSW64.index)")
+    p.add_argument("--repo_id", default=None, help="dataset repo holding the index parts (default: --index's)")
+    p.add_argument("--index_parts", nargs="+", default=None, help="part files, joined in this order (default: --index's)")
+    p.add_argument("--index_name", default=None, help="name of the joined index file (default: --index's)")
     p.add_argument("--corpus_repo_id", default=CORPUS_REPO, help="dataset repo holding the corpus")
     p.add_argument("--corpus_file", default=CORPUS_FILE, help="corpus file in that repo (.gz is unpacked)")
     p.add_argument("--skip_index", action="store_true", help="do not download the index")
@@ -212,7 +231,9 @@ def main(argv: list[str] | None = None, *, source: Source | None = None) -> int:
     show = not args.no_progress
     try:
         if not args.skip_index:
-            download_index(source, args.repo_id, args.index_parts, save_path, args.index_name, keep_downloads=args.keep_downloads, show_progress=show)
+            prebuilt = PREBUILT[args.index]
+            repo_id, parts, name = args.repo_id or prebuilt.repo_id, args.index_parts or list(prebuilt.parts), args.index_name or prebuilt.name
+            download_index(source, repo_id, parts, save_path, name, keep_downloads=args.keep_downloads, show_progress=show)
         if not args.skip_corpus:
             download_corpus(source, args.corpus_repo_id, args.corpus_file, save_path, keep_downloads=args.keep_downloads, show_progress=show)
     except DownloadError as exc:

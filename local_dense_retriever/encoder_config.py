@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 Pooling = Literal["mean", "cls", "pooler"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "pooler")
+# What the model computes in (see precision.choose_dtype): auto = fp16 on GPU, fp32 on CPU.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 BGE_QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
 
@@ -29,8 +31,8 @@ class EncoderConfig:
     """How to load and apply an encoder.
 
     ``pooling=None`` picks the family's pooling (CLS for BGE, mean otherwise); ``device="auto"``
-    takes the first GPU when there is one; ``fp16=None`` means fp16 on GPU and fp32 on CPU (CPU
-    half precision is slow and inaccurate).
+    takes the first GPU when there is one; ``precision="auto"`` means fp16 on GPU, fp32 on CPU. ``fp16`` is upstream's switch, kept for its users:
+    True means ``precision="fp16"``, False ``"fp32"``.
     """
 
     model_path: str
@@ -39,12 +41,24 @@ class EncoderConfig:
     max_length: int = 256
     device: str = "auto"
     fp16: bool | None = None
+    precision: str = "auto"
     # Texts per model call (see Encoder.encode).
     chunk_size: int = 32
 
     def __post_init__(self) -> None:
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
+        if self.fp16 is not None and self.precision not in ("auto", self.requested_precision):
+            raise ValueError(f"--fp16 {self.fp16} contradicts --precision {self.precision}; pass only --precision")
+
+    @property
+    def requested_precision(self) -> str:
+        """``precision``, or what upstream's ``fp16`` switch asks for when it is set."""
+        if self.fp16 is None:
+            return self.precision
+        return "fp16" if self.fp16 else "fp32"
 
     @property
     def family(self) -> str:
@@ -82,7 +96,9 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, texts: str) -> None:
     group.add_argument("--pooling", choices=POOLINGS, default=None, help="default: cls for BGE, mean otherwise")
     group.add_argument("--max_length", type=int, default=defaults.max_length, help=f"token limit of {texts}")
     group.add_argument("--device", default=defaults.device, help="auto (GPU if any), cpu, cuda, cuda:1...")
-    group.add_argument("--fp16", type=_optional_bool, default=None, help="auto (fp16 on GPU only), true or false")
+    group.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
+                       help="auto: fp16 on GPU, fp32 on CPU; bf16: faster on CPUs with bf16 instructions, top 3 as fp32's for ~98% of queries")
+    group.add_argument("--fp16", type=_optional_bool, default=None, help="upstream's switch: true = --precision fp16, false = fp32")
     group.add_argument("--encode_chunk_size", type=int, default=defaults.chunk_size, help=f"{texts} per model call, grouped by length")
 
 
@@ -96,5 +112,6 @@ def encoder_config_from(options: Any) -> EncoderConfig:
         max_length=options.max_length,
         device=options.device,
         fp16=options.fp16,
+        precision=options.precision,
         chunk_size=options.encode_chunk_size,
     )

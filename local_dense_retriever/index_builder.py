@@ -8,6 +8,12 @@ server's queries and the index's passages always agree. Embeddings are streamed 
 into a memory-mapped ``.npy`` file on disk (wiki-18 in e5-base is 64 GB of float32), then fed to
 FAISS in chunks. Any FAISS factory string works: ``Flat``, ``HNSW32``, ``IVF4096,Flat``,
 ``IVF65536,PQ64``...; indexes that need training are trained on a random sample.
+
+An existing flat index (e.g. the downloaded ``e5_Flat.index``) converts into any other type
+without re-encoding the corpus; its vectors are read from the memory-mapped file in chunks:
+
+    python -m local_dense_retriever.index_builder --from_index e5_Flat.index \\
+        --faiss_type SQ8 --output_path e5_SQ8.index [--train_size 1000000]
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from pathlib import Path
 
 import faiss
@@ -45,13 +52,44 @@ def encode_corpus(
     return embeddings
 
 
+class IndexVectors:
+    """The vectors stored in a FAISS index, sliced like an array: ``v[start:stop]``, ``v[rows]``.
+
+    Each access decodes only the rows asked for (from the memory-mapped file), so converting
+    wiki-18's 64 GB flat index never holds more than one chunk and the training sample.
+    """
+
+    def __init__(self, index: faiss.Index):
+        self.index = index
+        self.shape = (int(index.ntotal), int(index.d))
+        try:
+            index.reconstruct_n(0, min(1, index.ntotal))
+        except RuntimeError as exc:
+            raise ValueError(f"cannot read the vectors back from a {type(faiss.downcast_index(index)).__name__} ({exc}); convert from a flat index") from exc
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(len(self))
+            return self.index.reconstruct_n(start, max(stop - start, 0))
+        return self.index.reconstruct_batch(np.asarray(key, dtype=np.int64))
+
+
 def index_embeddings(
-    embeddings: np.ndarray, factory: str, *, train_size: int = 1_000_000, seed: int = 0, show_progress: bool = True
+    embeddings: np.ndarray | IndexVectors,
+    factory: str,
+    *,
+    train_size: int = 1_000_000,
+    seed: int = 0,
+    metric: int = faiss.METRIC_INNER_PRODUCT,
+    show_progress: bool = True,
 ) -> faiss.Index:
-    """A FAISS index (inner product) over ``embeddings``, built from the factory string."""
+    """A FAISS index (inner product unless ``metric`` says otherwise) over ``embeddings``, built from the factory string."""
     dim = embeddings.shape[1]
     try:
-        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, metric)
     except RuntimeError as exc:
         raise ValueError(f"FAISS cannot build {factory!r}: {exc}; see the FAISS wiki's 'The index factory'") from exc
     if not index.is_trained:
@@ -82,10 +120,7 @@ def build_dense_index(
     embeddings_path = Path(embeddings_path) if embeddings_path else output_path.with_name(output_path.name + ".embeddings.npy")
     embeddings = encode_corpus(corpus, encoder, embeddings_path, batch_size=batch_size, show_progress=show_progress)
     index = index_embeddings(embeddings, factory, train_size=train_size, show_progress=show_progress)
-    # Written under a temporary name first: a crash never leaves a truncated index behind.
-    tmp_path = output_path.with_name(output_path.name + ".tmp")
-    faiss.write_index(index, str(tmp_path))
-    os.replace(tmp_path, output_path)
+    write_index(index, output_path)
     del embeddings
     if not keep_embeddings:
         embeddings_path.unlink()
@@ -93,9 +128,33 @@ def build_dense_index(
     return output_path
 
 
+def write_index(index: faiss.Index, output_path: Path) -> None:
+    # Written under a temporary name first: a crash never leaves a truncated index behind.
+    tmp_path = output_path.with_name(output_path.name + ".tmp")
+    faiss.write_index(index, str(tmp_path))
+    os.replace(tmp_path, output_path)
+
+
+def convert_index(
+    source_path: str | os.PathLike, output_path: str | os.PathLike, *, factory: str, train_size: int = 1_000_000, show_progress: bool = True
+) -> Path:
+    """Rebuild the vectors of the index at ``source_path`` (flat) as a ``factory`` index, same metric and ids."""
+    from local_dense_retriever.dense import read_index
+
+    output_path = Path(output_path)
+    source = read_index(str(source_path)).index
+    started = time.monotonic()
+    index = index_embeddings(IndexVectors(source), factory, train_size=train_size, metric=source.metric_type, show_progress=show_progress)
+    write_index(index, output_path)
+    logger.info("%s (%d vectors) converted to %s in %.0f s: %s", source_path, index.ntotal, factory, time.monotonic() - started, output_path)
+    return output_path
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Build a FAISS or BM25 index from a wiki-18 style JSONL corpus.")
-    p.add_argument("--corpus_path", required=True, help="JSONL, one {\"id\", \"contents\"} object a line")
+    p = argparse.ArgumentParser(description="Build a FAISS or BM25 index from a wiki-18 style JSONL corpus, or convert a flat index.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--corpus_path", help="JSONL, one {\"id\", \"contents\"} object a line")
+    source.add_argument("--from_index", help="a flat FAISS index (e.g. e5_Flat.index) to convert to --faiss_type without re-encoding")
     p.add_argument("--output_path", required=True, help="index file (dense) or directory (bm25)")
     p.add_argument("--retriever_name", default="e5", help="e5, bge, bm25 or another name (then --pooling applies)")
     p.add_argument("--retriever_model", default="intfloat/e5-base-v2", help="Hugging Face model id or local directory")
@@ -113,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.from_index:
+        convert_index(args.from_index, args.output_path, factory=args.faiss_type, train_size=args.train_size, show_progress=not args.no_progress)
+        return 0
     corpus = CorpusStore(args.corpus_path, args.corpus_arrow_path)
     if args.retriever_name.lower() == "bm25":
         from local_dense_retriever.bm25 import build_bm25_index

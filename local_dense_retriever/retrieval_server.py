@@ -18,9 +18,9 @@ import sys
 
 import uvicorn
 
-from local_dense_retriever.encoder_config import add_encoder_arguments
+from local_dense_retriever.encoder_config import PRECISIONS, add_encoder_arguments
 from local_dense_retriever.logs import setup_logging
-from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, PRECISIONS, ServerConfig
+from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, ServerConfig
 
 logger = logging.getLogger(__name__)
 

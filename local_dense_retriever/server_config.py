@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from local_dense_retriever.encoder_config import EncoderConfig, Pooling, encoder_config_from
+from local_dense_retriever.encoder_config import PRECISIONS, EncoderConfig, Pooling, encoder_config_from
 
 # Search-R1's hierarchical retriever hands its cross-encoder the first stage's top 10.
 DEFAULT_RERANK_CANDIDATES = 10
-# Kept in step with local_dense_retriever.precision (which imports torch; this module must not).
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,7 @@ class ServerConfig:
     max_length: int = 256
     device: str = "auto"
     fp16: bool | None = None
+    precision: str = "auto"
     encode_chunk_size: int = 32
     # Micro-batching: one worker encodes and searches up to max_batch_size queries at a time; a
     # batch gathers queries for at most max_wait_ms and stops when none arrived for max_gap_ms

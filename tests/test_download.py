@@ -128,3 +128,17 @@ def test_save_path_is_required():
     with pytest.raises(SystemExit) as exc:
         download.main([])
     assert exc.value.code == 2
+
+
+def test_hnsw64_fetches_search_r1s_prebuilt_hnsw_index(hub_dir, tmp_path):
+    source = RecordingSource(hub_dir)
+    assert run(["--save_path", str(tmp_path / "out"), "--index", "hnsw64", "--skip_corpus"], source) == 0
+    assert source.fetched == [("PeterJinGo/wiki-18-e5-index-HNSW64", "part_aa"), ("PeterJinGo/wiki-18-e5-index-HNSW64", "part_ab")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["e5_HNSW64.index"]
+    assert (tmp_path / "out" / "e5_HNSW64.index").read_bytes() == b"A" * 1000 + b"B" * 333
+
+
+def test_hnsw64_from_a_local_directory_with_an_explicit_name(hub_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run(["--save_path", str(out), "--from_dir", str(hub_dir), "--index", "hnsw64", "--index_name", "hnsw.index", "--skip_corpus"]) == 0
+    assert (out / "hnsw.index").read_bytes() == b"A" * 1000 + b"B" * 333

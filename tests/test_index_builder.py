@@ -10,7 +10,7 @@ import pytest
 
 from local_dense_retriever import index_builder
 from local_dense_retriever.bm25 import BM25Searcher
-from local_dense_retriever.dense import BLAS_THRESHOLD, DenseSearcher, load_index
+from local_dense_retriever.dense import BLAS_THRESHOLD, DenseSearcher, LoadedIndex, load_index
 from local_dense_retriever.encoder import Encoder
 from local_dense_retriever.encoder_config import EncoderConfig
 from tests.fakes.encoders import make_tiny_bert
@@ -56,7 +56,9 @@ def test_any_factory_string_builds_an_index_the_server_loads(setup, factory, par
     d, _, model = setup
     path = build(setup, f"{factory}.index", "--faiss_type", factory, "--keep_embeddings")
     assert not (d / f"{factory}.index.tmp").exists()
-    index = load_index(path, search_params=params)
+    loaded = load_index(path, search_params=params)
+    index = loaded.index
+    assert loaded.loaded == "mmap" and loaded.file_bytes == (d / f"{factory}.index").stat().st_size
     assert type(faiss.downcast_index(index)).__name__ == index_type and index.ntotal == len(TEXTS)
     assert index.metric_type == faiss.METRIC_INNER_PRODUCT
     vectors = np.load(d / f"{factory}.index.embeddings.npy")
@@ -101,9 +103,59 @@ def test_loading_sets_faiss_to_use_blas_for_query_batches(setup):
 def test_an_index_of_another_dimension_is_refused(setup):
     _, _, model = setup
     with pytest.raises(ValueError, match="the encoder makes 32-d vectors but the index holds 7-d vectors"):
-        DenseSearcher(Encoder(EncoderConfig(model)), faiss.IndexFlatIP(7))
+        DenseSearcher(Encoder(EncoderConfig(model)), LoadedIndex(faiss.IndexFlatIP(7), "read", 0))
 
 
 def test_faiss_gpu_without_gpu_support_is_a_clear_error(setup):
     with pytest.raises(RuntimeError, match="--faiss_gpu needs faiss with GPU support"):
         load_index(build(setup, "gpu.index"), gpu=True)
+
+
+def test_search_params_that_do_not_apply_are_a_clear_error(setup):
+    with pytest.raises(ValueError, match="--faiss_search_params 'nprobe=4' does not apply to this IndexFlatIP"):
+        load_index(build(setup, "flat_params.index"), search_params="nprobe=4")
+
+
+def test_search_params_reach_the_index(setup):
+    path = build(setup, "hnsw_params.index", "--faiss_type", "HNSW8")
+    assert faiss.downcast_index(load_index(path, search_params="efSearch=77").index).hnsw.efSearch == 77
+
+
+def test_a_missing_index_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.index does not exist; pass --index_path"):
+        load_index(str(tmp_path / "missing.index"))
+
+
+@pytest.mark.parametrize("factory, params, index_type", [
+    ("SQ8", None, "IndexScalarQuantizer"),
+    ("HNSW8", "efSearch=64", "IndexHNSWFlat"),
+    ("IVF2,PQ4x2,RFlat", "nprobe=2,k_factor_rf=12", "IndexRefineFlat"),
+])
+def test_a_flat_index_converts_to_any_type_without_the_corpus(setup, factory, params, index_type):
+    d, _, _ = setup
+    flat = build(setup, "source_flat.index", "--keep_embeddings")
+    out = str(d / f"converted_{factory}.index")
+    argv = ["--from_index", flat, "--faiss_type", factory, "--output_path", out, "--train_size", "12", "--no_progress"]
+    assert index_builder.main(argv) == 0
+    index = load_index(out, search_params=params).index
+    assert type(faiss.downcast_index(index)).__name__ == index_type and index.ntotal == len(TEXTS)
+    assert index.metric_type == faiss.METRIC_INNER_PRODUCT
+    _, ids = index.search(np.load(d / "source_flat.index.embeddings.npy"), 1)
+    assert ids[:, 0].tolist() == list(range(len(TEXTS)))  # same ids: each passage finds itself first
+
+
+def test_conversion_reads_the_source_in_chunks(setup, monkeypatch):
+    d, _, _ = setup
+    flat = build(setup, "chunked_flat.index")
+    reads: list[int] = []
+    original = index_builder.IndexVectors.__getitem__
+    monkeypatch.setattr(index_builder.IndexVectors, "__getitem__", lambda self, key: reads.append(len(got := original(self, key))) or got)
+    monkeypatch.setattr(index_builder, "_ADD_CHUNK_ROWS", 5)
+    index_builder.convert_index(flat, d / "chunked_sq8.index", factory="SQ8", train_size=8, show_progress=False)
+    assert reads == [8, 5, 5, 2]  # the training sample, then the vectors chunk by chunk
+
+
+def test_converting_needs_a_source_or_a_corpus(setup, capsys):
+    with pytest.raises(SystemExit):
+        index_builder.main(["--output_path", "x.index"])
+    assert "one of the arguments --corpus_path --from_index is required" in capsys.readouterr().err

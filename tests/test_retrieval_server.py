@@ -94,6 +94,9 @@ def test_health_reports_what_is_loaded(client, dense_config):
     body = resp.json()
     assert body["status"] == "ready" and body["passages"] == len(DOCS)
     assert body["searcher"]["index_type"] == "IndexFlatIP" and body["searcher"]["device"] == "cpu"
+    assert body["searcher"]["index_loaded"] == "mmap" and body["searcher"]["index_device"] == "cpu"
+    assert body["searcher"]["index_bytes"] == Path(dense_config.index_path).stat().st_size
+    assert body["searcher"]["precision"] == "fp32"  # auto on CPU
     assert body["config"]["retriever_model"] == dense_config.retriever_model
 
 
