@@ -28,12 +28,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-import realtext
-import retrieval_server
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import (
+    realtext,  # noqa: E402
+    retrieval_server,  # noqa: E402
+)
 from local_dense_retriever.dense import load_index  # noqa: E402
 from local_dense_retriever.encoder import Encoder  # noqa: E402
 from local_dense_retriever.encoder_config import EncoderConfig  # noqa: E402

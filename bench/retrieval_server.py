@@ -37,18 +37,16 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 from dataclasses import replace
+from pathlib import Path
 
 import aiohttp
 import numpy as np
 
-import realtext
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import realtext  # noqa: E402
 from local_dense_retriever.server_config import ServerConfig  # noqa: E402
 from search_r1_slime.demo import minilm_path  # noqa: E402
 

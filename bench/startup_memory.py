@@ -31,11 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import retrieval_server  # bench/retrieval_server.py: the synthetic corpus and index
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import retrieval_server  # noqa: E402
 from search_r1_slime.demo import minilm_path  # noqa: E402
 
 POLL_S = 0.01

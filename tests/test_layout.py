@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import importlib
 from importlib.metadata import entry_points
 from pathlib import Path
+
+import pytest
 
 import tomllib
 
@@ -47,3 +50,9 @@ def test_the_server_package_imports_nothing_of_the_plugin():
 def test_benchmarks_do_not_import_the_tests():
     for path in sorted((REPO / "bench").rglob("*.py")):
         assert "tests" not in imported_top_level_names(path), path
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "bench").glob("*.py")))
+def test_every_benchmark_imports_as_run_from_the_repository_root(script):
+    # `python -m bench.<script>` from the root, as their docstrings say; their own imports must resolve.
+    importlib.import_module(f"bench.{script}")
