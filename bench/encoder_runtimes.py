@@ -9,7 +9,7 @@ bench/_work/). Every runtime goes through ``local_dense_retriever.encoder.Encode
 tokenisation, length-sorted chunks, mean pooling and L2 normalisation; only the model call differs.
 The ONNX model is the packaged all-MiniLM-L6-v2 exported with ``torch.onnx.export`` (cached under
 bench/_work/), run with graph optimisation level ALL and 2 intra-op threads; int8 is its
-``quantize_dynamic`` copy (int8 weights, activations quantised per call).
+``quantize_dynamic`` copy (int8 weights per output channel, activations quantised per call).
 
 Per run and runtime: queries/s encoding ``--queries`` queries in batches of ``--batch`` (in-process,
 after one warm-up batch), and the share of queries whose top 3 equal torch fp32's (ids in order, and
@@ -78,12 +78,13 @@ def export_onnx(model, path: Path) -> Path:
 
 
 def quantize_int8(fp32_path: Path) -> Path:
-    """Dynamic int8 quantisation of the exported graph's weights (cached)."""
+    """Dynamic int8 quantisation of the exported graph (cached): int8 weights, one scale per output
+    channel (measured: about twice the top-3 agreement of one scale per tensor, and faster)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    path = fp32_path.with_name(fp32_path.stem + ".int8.onnx")
+    path = fp32_path.with_name(fp32_path.stem + ".int8_per_channel.onnx")
     if not path.exists():
-        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8, per_channel=True)
     return path
 
 
