@@ -8,8 +8,9 @@ queries, a flat inner-product index of 50,000 WordNet synsets encoded by torch f
 bench/_work/). Every runtime goes through ``local_dense_retriever.encoder.Encoder.encode``: the same
 tokenisation, length-sorted chunks, mean pooling and L2 normalisation; only the model call differs.
 The ONNX model is the packaged all-MiniLM-L6-v2 exported with ``torch.onnx.export`` (cached under
-bench/_work/), run with graph optimisation level ALL and 2 intra-op threads; int8 is its
-``quantize_dynamic`` copy (int8 weights per output channel, activations quantised per call).
+bench/_work/), run with graph optimisation level ALL and 2 intra-op threads; "ORT fused" is the
+same model after ONNX Runtime's BERT optimiser (fused attention and layer norms); int8 is the plain
+export's ``quantize_dynamic`` copy (int8 weights per output channel, activations quantised per call).
 
 Per run and runtime: queries/s encoding ``--queries`` queries in batches of ``--batch`` (in-process,
 after one warm-up batch), and the share of queries whose top 3 equal torch fp32's (ids in order, and
@@ -77,6 +78,21 @@ def export_onnx(model, path: Path) -> Path:
     return path
 
 
+def fused_onnx(model_path: str, path: Path) -> Path:
+    """The model exported with eager attention, whose pattern ONNX Runtime's BERT optimiser fuses into
+    Attention, SkipLayerNormalization and BiasGelu nodes (the default export's attention it does not fuse; cached)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoModel
+
+    if not path.exists():
+        eager = AutoModel.from_pretrained(model_path, attn_implementation="eager").eval()
+        unfused = export_onnx(eager, path.with_name(path.stem + ".eager.onnx"))
+        config = eager.config
+        optimize_model(str(unfused), model_type="bert", num_heads=config.num_attention_heads,
+                       hidden_size=config.hidden_size).save_model_to_file(str(path))
+    return path
+
+
 def quantize_int8(fp32_path: Path) -> Path:
     """Dynamic int8 quantisation of the exported graph (cached): int8 weights, one scale per output
     channel (measured: about twice the top-3 agreement of one scale per tensor, and faster)."""
@@ -114,6 +130,7 @@ def encoders(args: argparse.Namespace) -> dict[str, object]:
     found = {"torch fp32": fp32, "torch bf16": torch_encoder("bf16")}
     onnx_fp32 = export_onnx(fp32.model, args.workdir / "minilm_l6_v2.onnx")
     found["ORT fp32"] = ort_encoder(fp32, onnx_fp32, args.threads)
+    found["ORT fused"] = ort_encoder(fp32, fused_onnx(minilm_path(), args.workdir / "minilm_l6_v2.fused.onnx"), args.threads)
     if not args.no_int8:
         found["ORT int8"] = ort_encoder(fp32, quantize_int8(onnx_fp32), args.threads)
     return found
