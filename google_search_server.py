@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -35,7 +34,7 @@ import chardet
 
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
-from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config
+from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, secret_or_env
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +48,6 @@ _CACHE: PerLoop[SearchCache] = PerLoop(SearchCache)
 def google_search_stats() -> CacheStats:
     """Cache counters (``search_cache.CacheStats``) of the running event loop."""
     return _CACHE.get().stats
-
-
-def serper_api_key(api_key: str | None) -> str | None:
-    """The key to use: the configured one, else ``SERPER_API_KEY``; None when neither is set."""
-    return api_key or os.environ.get(SERPER_API_KEY_ENV) or None
 
 
 async def google_search(
@@ -81,7 +75,7 @@ async def google_search(
         }
     )
     google = config.google
-    key = serper_api_key(google.api_key)
+    key = secret_or_env(google.api_key, SERPER_API_KEY_ENV)
     if key is None:
         raise ValueError(
             f"no serper.dev API key: set google.api_key in SEARCH_R1_CONFIGS (or under search_r1: google: "

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
-from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config
+from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config, secret_or_env
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,6 @@ def local_search_stats() -> LocalSearchStats:
     return LocalSearchStats(**vars(state.cache.stats), batches=state.batches, http_requests=state.http_requests)
 
 
-def retrieval_api_key(api_key: str | None) -> str | None:
-    """The token to send: the configured one, else ``RETRIEVAL_API_KEY``; None when neither is set."""
-    return api_key or os.environ.get(RETRIEVAL_API_KEY_ENV) or None
-
-
 async def local_search(
     search_url: str | list[str],
     query: str,
@@ -114,7 +108,7 @@ async def local_search(
     servers = (local.search_url,) if isinstance(local.search_url, str) else tuple(local.search_url)
     route = _Route(
         servers, top_k, timeout, local.proxy, local.max_attempts, local.attempt_timeout, local.batch_wait,
-        local.max_queries_per_request, retrieval_api_key(local.api_key),
+        local.max_queries_per_request, secret_or_env(local.api_key, RETRIEVAL_API_KEY_ENV),
     )
     state = _STATE.get()
     coalescer = state.coalescers.get(route)

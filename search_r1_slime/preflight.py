@@ -79,9 +79,9 @@ def search_problems(overrides: Any, timeout_s: float = 5.0) -> list[str]:
     except ConfigError as exc:
         return exc.problems
     if config["search_backend"] == "google":
-        from google_search_server import serper_api_key
+        from search_r1_slime.settings import SERPER_API_KEY_ENV, secret_or_env
 
-        if serper_api_key(config["google"]["api_key"]) is not None:
+        if secret_or_env(config["google"]["api_key"], SERPER_API_KEY_ENV) is not None:
             return []
         return [
             "search_backend is 'google' but no serper.dev key is set: export SERPER_API_KEY=... "

@@ -10,6 +10,7 @@ Every problem is reported with the key's dotted name, e.g.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -22,6 +23,12 @@ from pydantic.fields import FieldInfo
 RETRIEVAL_API_KEY_ENV = "RETRIEVAL_API_KEY"
 # What the serper.dev client sends as X-API-KEY when search_r1.google.api_key is unset.
 SERPER_API_KEY_ENV = "SERPER_API_KEY"
+
+
+def secret_or_env(configured: str | None, env: str) -> str | None:
+    """The secret to use: the configured one, else the environment variable ``env``; None when
+    neither is set (an empty variable counts as unset)."""
+    return configured or os.environ.get(env) or None
 
 
 class ConfigError(ValueError):
