@@ -40,13 +40,14 @@ class CrossEncoderReranker:
         self.max_length = max_length
         self.chunk_size = chunk_size
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
-        model = AutoModelForSequenceClassification.from_pretrained(model_path)
+        # Loaded straight in its dtype, as the encoder is: no fp32 copy of fp16 weights is made first.
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, dtype=self.dtype)
         if model.config.num_labels != 1:
             raise ValueError(
                 f"--reranker_model {model_path} has {model.config.num_labels} output labels; a cross-encoder reranker gives "
                 "one relevance score per pair (num_labels=1), e.g. cross-encoder/ms-marco-MiniLM-L12-v2"
             )
-        self.model = model.eval().to(self.device, self.dtype)
+        self.model = model.eval().to(self.device)
         logger.info("reranker %s loaded on %s (%s)", model_path, self.device, self.dtype)
 
     def describe(self) -> dict:
