@@ -153,11 +153,14 @@ def create_app(
     app = FastAPI(title="Search-R1 local retrieval server", lifespan=lifespan)
     app.add_middleware(BodyLimits, max_bytes=config.body_limit, timeout_s=config.body_timeout_s)
     app.state.retrieval = state
+    # Computed once: /health is asked repeatedly while the retriever loads, and each answer takes
+    # the GIL from the loading thread.
+    public_config = _public_config(config)
     RetrieveRequest = request_model(config.max_queries_per_request, config.max_query_chars, config.max_topk)
 
     @app.get("/health", responses=HEALTH_RESPONSES)
     async def health() -> Response:
-        body: dict = {"status": state.status, "config": _public_config(config)}
+        body: dict = {"status": state.status, "config": public_config}
         if state.error:
             body["error"] = state.error
         if state.retriever is not None:
