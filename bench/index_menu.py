@@ -10,7 +10,8 @@ flat index is built from them, and every other type is converted from it with
 For each type: bytes per passage (index file size / passages; the file is what is mapped into
 memory), recall@3 against flat (the share of flat's top 3 that the index also returns in its top 3,
 over all queries), queries/s and p99 at ``--clients`` concurrent clients through the real server
-(as bench/retrieval_server.py measures; the encoder, not the index, bounds it at this size), and
+(as bench/retrieval_server.py measures, with these queries; the encoder, not the index, bounds it at
+this size), and
 build (conversion) time. GB per million passages and at wiki-18's 21M are the per-passage cost
 multiplied out; e5-base's vectors have 768 dimensions, twice MiniLM's, so its codes take twice as
 many bytes (the HNSW graph does not grow with the dimension).
@@ -87,11 +88,7 @@ def main() -> None:
     encoder = Encoder(EncoderConfig(minilm_path(), retriever_name="minilm", device="cpu", precision="fp32"))
     passages = realtext.passage_embeddings(corpus, lambda texts: encoder.encode(texts, is_query=False))
     query_vectors = encoder.encode(queries, is_query=True)
-    flat_path = args.workdir / f"wordnet_{len(passages)}_Flat.index"
-    if not flat_path.exists():
-        flat = faiss.IndexFlatIP(passages.shape[1])
-        flat.add(passages)
-        faiss.write_index(flat, str(flat_path))
+    flat_path = realtext.flat_index(corpus, passages)
     _, truth = load_index(str(flat_path)).index.search(query_vectors, 3)
     print(f"{len(passages)} WordNet passages, {len(queries)} real-text queries, MiniLM fp32 vectors ({passages.shape[1]}-d), "
           f"{args.clients} clients through the server, {os.cpu_count()} cores (shared)")
@@ -111,7 +108,7 @@ def main() -> None:
         if not args.no_server:
             config = replace(ServerConfig(index_path=str(path), corpus_path=str(corpus), retriever_name="minilm",
                                           retriever_model=minilm_path(), device="cpu"), faiss_search_params=params)
-            served = retrieval_server.run_server_phase(config, args)
+            served = retrieval_server.run_server_phase(config, args, queries)
         print(f"{factory:32s} {params or '-':26s} {per_passage:9.0f} {per_passage * 1e6 / 1e9:6.2f} {wiki18_gb(per_passage, factory, index):13.1f} "
               f"{recall_at(3, found, truth):8.3f} {served['qps']:6.0f} {served['p99']:6.2f} {build_s:7.1f}", flush=True)
 

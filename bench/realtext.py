@@ -64,3 +64,15 @@ def passage_embeddings(corpus: Path, encode, batch: int = 512) -> np.ndarray:
     vectors = np.concatenate([encode(texts[i : i + batch]) for i in range(0, len(texts), batch)])
     np.save(cache, vectors)
     return vectors
+
+
+def flat_index(corpus: Path, vectors: np.ndarray) -> Path:
+    """The flat inner-product index of the corpus's passage vectors, written once next to it."""
+    path = corpus.with_name(f"{corpus.stem}_Flat.index")
+    if not path.exists():
+        import faiss
+
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(vectors)
+        faiss.write_index(flat, str(path))
+    return path

@@ -119,7 +119,7 @@ def main() -> None:
     flags = ("--topk", str(args.topk), "--reranker_model", str(model), "--retrieval_topk", str(args.candidates))
     for name, clients, extra in (("without reranker", args.clients, ("--topk", str(args.topk))), ("with reranker", args.rerank_clients, flags)):
         args.clients = clients
-        served = run_server_phase(base, args, extra)
+        served = run_server_phase(base, args, queries(50_000, seed=1), extra)
         print(f"server {name:17} {clients:4} clients: {served['qps']:7.1f} queries/s  p50 {served['p50'] * 1000:7.0f} ms  "
               f"p99 {served['p99'] * 1000:7.0f} ms  errors {served['errors']}  mean batch {served['mean_batch']:.0f}")
         if served["first_error"]:

@@ -9,12 +9,14 @@ passages here (recall is measured on real text by bench/index_menu.py).
 
 Each run starts, one after the other in fresh processes:
 
-* upstream: a stand-in that loads the way Search-R1's retrieval server does before it serves
-  (``faiss.read_index`` of the whole file, the corpus through ``datasets.load_dataset("json")``,
-  the encoder through ``AutoModel.from_pretrained``), then reports ready;
-* ours: ``python -m local_dense_retriever.retrieval_server``, ready when ``/health`` says so.
+* upstream: a stand-in that starts the way Search-R1's ``retrieval_server.py`` does: it imports
+  FastAPI and uvicorn, loads (``faiss.read_index`` of the whole file, the corpus through
+  ``datasets.load_dataset("json")``, the encoder through ``AutoModel.from_pretrained``), then runs
+  ``uvicorn.run``; it is ready when its port answers HTTP (upstream has no ``/health``, and listens
+  only once loaded);
+* ours: ``python -m local_dense_retriever.retrieval_server``, ready when ``/health`` answers 200.
 
-Time to ready is measured from process start. Peak total memory is the kernel's VmHWM at ready;
+Time to ready is measured from process start, asking both the same way (every 0.1 s). Peak total memory is the kernel's VmHWM at ready;
 peak anonymous memory (the process's own, not file pages shared through the page cache) is the
 largest RssAnon seen by polling every 10 ms. The first run builds each side's corpus cache
 (datasets' Arrow cache, our ``.arrow``); the later runs are warm starts (files in the page cache),
@@ -28,6 +30,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,20 +41,27 @@ from bench import retrieval_server  # noqa: E402
 from search_r1_slime.demo import minilm_path  # noqa: E402
 
 POLL_S = 0.01
+# Readiness is asked over HTTP 10 times a second: every question takes the server's GIL from the
+# thread that loads, so asking at the memory-polling rate would slow the server it measures.
+READY_EVERY_S = 0.1
 
 
-def upstream_like_loader(index_path: str, corpus_path: str, model_path: str, ready_file: str) -> None:
+def upstream_like_server(index_path: str, corpus_path: str, model_path: str, port: str) -> None:
     """What upstream's server does before it serves, in the order it does it (CPU only here)."""
     import datasets
     import faiss
+    import uvicorn
+    from fastapi import FastAPI
     from transformers import AutoModel, AutoTokenizer
 
+    app = FastAPI()  # upstream builds its app (and imports FastAPI, uvicorn) before loading
     index = faiss.read_index(index_path)  # the whole file into process memory
     corpus = datasets.load_dataset("json", data_files=corpus_path, split="train", num_proc=4)
     tokenizer = AutoTokenizer.from_pretrained(model_path, use_fast=True)
     model = AutoModel.from_pretrained(model_path).eval()
-    Path(ready_file).write_text(f"{index.ntotal} {len(corpus)} {type(tokenizer).__name__} {model.config.hidden_size}")
-    time.sleep(3600)  # stay up, memory held, until the benchmark stops it
+    loaded = (index, corpus, tokenizer, model)  # held until the benchmark stops the process
+    app.state.loaded = loaded
+    uvicorn.run(app, host="127.0.0.1", port=int(port), log_level="warning")
 
 
 def memory_kb(pid: int) -> dict[str, int]:
@@ -66,25 +76,36 @@ def memory_kb(pid: int) -> dict[str, int]:
 
 def watch(process: subprocess.Popen, is_ready) -> dict:
     """Poll memory until ``is_ready()``; return seconds to ready and peak memories (GB)."""
-    started, peak_anon = time.monotonic(), 0
+    started, peak_anon, next_question = time.monotonic(), 0, 0.0
     while True:
         if process.poll() is not None:
             raise SystemExit(f"{process.args} exited with code {process.returncode}")
         memory = memory_kb(process.pid)
         peak_anon = max(peak_anon, memory.get("RssAnon", 0))
-        if is_ready():
-            memory = memory_kb(process.pid)
-            return {"ready_s": time.monotonic() - started, "peak_gb": memory["VmHWM"] / 1e6,
-                    "peak_anon_gb": max(peak_anon, memory["RssAnon"]) / 1e6}
+        if time.monotonic() >= next_question:
+            next_question = time.monotonic() + READY_EVERY_S
+            if is_ready():
+                memory = memory_kb(process.pid)
+                return {"ready_s": time.monotonic() - started, "peak_gb": memory["VmHWM"] / 1e6,
+                        "peak_anon_gb": max(peak_anon, memory["RssAnon"]) / 1e6}
         time.sleep(POLL_S)
 
 
-def run_upstream(index: str, corpus: str, model: str, env: dict, workdir: Path) -> dict:
-    ready_file = workdir / "upstream_like.ready"
-    ready_file.unlink(missing_ok=True)
-    process = subprocess.Popen([sys.executable, __file__, "--upstream_like_loader", index, corpus, model, str(ready_file)], env=env)
+def answers_http(port: int, *, ok_only: bool) -> bool:
+    """Whether ``GET /health`` on ``port`` gets an answer (``ok_only``: a 200 answer)."""
     try:
-        return watch(process, ready_file.exists)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+            return True
+    except urllib.error.HTTPError:  # an answer, not 200 (ours: 503 while loading; upstream: 404)
+        return not ok_only
+    except OSError:  # not listening yet
+        return False
+
+
+def run_upstream(index: str, corpus: str, model: str, env: dict, port: int) -> dict:
+    process = subprocess.Popen([sys.executable, __file__, "--upstream_like_server", index, corpus, model, str(port)], env=env)
+    try:
+        return watch(process, lambda: answers_http(port, ok_only=False))
     finally:
         process.terminate()
         process.wait(30)
@@ -94,16 +115,8 @@ def run_ours(index: str, corpus: str, model: str, env: dict, port: int) -> dict:
     cmd = [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", index, "--corpus_path", corpus,
            "--retriever_name", "minilm", "--retriever_model", model, "--device", "cpu", "--port", str(port), "--log_level", "warning"]
     process = subprocess.Popen(cmd, cwd=ROOT, env=env)
-
-    def ready() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                return resp.status == 200
-        except OSError:  # not listening yet, or 503 while loading
-            return False
-
     try:
-        return watch(process, ready)
+        return watch(process, lambda: answers_http(port, ok_only=True))
     finally:
         process.terminate()
         process.wait(30)
@@ -118,10 +131,10 @@ def main() -> None:
     p.add_argument("--passages", type=int, default=1_000_000)
     p.add_argument("--runs", type=int, default=3, help="starts per side; the first builds the corpus caches")
     p.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work")
-    p.add_argument("--upstream_like_loader", nargs=4, metavar=("INDEX", "CORPUS", "MODEL", "READY_FILE"), help=argparse.SUPPRESS)
+    p.add_argument("--upstream_like_server", nargs=4, metavar=("INDEX", "CORPUS", "MODEL", "PORT"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.upstream_like_loader:
-        upstream_like_loader(*args.upstream_like_loader)
+    if args.upstream_like_server:
+        upstream_like_server(*args.upstream_like_server)
         return
 
     config = retrieval_server.prepare(args.workdir, args.passages)
@@ -132,7 +145,7 @@ def main() -> None:
           f"{args.runs} starts per side, {os.cpu_count()} cores")
     results: dict[str, list[dict]] = {"upstream": [], "ours": []}
     for run in range(args.runs):
-        results["upstream"].append(run_upstream(config.index_path, config.corpus_path, minilm_path(), env, args.workdir))
+        results["upstream"].append(run_upstream(config.index_path, config.corpus_path, minilm_path(), env, retrieval_server.free_port()))
         results["ours"].append(run_ours(config.index_path, config.corpus_path, minilm_path(), env, retrieval_server.free_port()))
         for side in results:
             r = results[side][-1]
