@@ -45,8 +45,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import realtext  # noqa: E402
-from local_dense_retriever.encoder import Encoder  # noqa: E402
-from local_dense_retriever.encoder_config import EncoderConfig  # noqa: E402
 from local_dense_retriever.server_config import ServerConfig  # noqa: E402
 from search_r1_slime.demo import minilm_path  # noqa: E402
 
@@ -86,6 +84,9 @@ def prepare(workdir: Path, passages: int) -> ServerConfig:
 
 def prepare_real_text(workdir: Path, passages: int) -> tuple[ServerConfig, list[str]]:
     """The WordNet corpus of ``passages`` synsets, its flat index, and the usage examples of those synsets (shuffled)."""
+    from local_dense_retriever.encoder import Encoder
+    from local_dense_retriever.encoder_config import EncoderConfig
+
     corpus, examples = realtext.build(workdir, passages, queries=passages)
     encoder = Encoder(EncoderConfig(minilm_path(), retriever_name="minilm", device="cpu", precision="fp32"))
     index_path = realtext.flat_index(corpus, realtext.passage_embeddings(corpus, lambda texts: encoder.encode(texts, is_query=False)))
@@ -205,6 +206,7 @@ def serve_upstream_like(config: ServerConfig, port: int) -> None:
     from fastapi import FastAPI
 
     from local_dense_retriever.corpus import CorpusStore
+    from local_dense_retriever.encoder import Encoder
 
     encoder = Encoder(replace(config, precision="fp32").encoder_config())
     index = faiss.read_index(config.index_path)
@@ -251,6 +253,7 @@ def run_in_process_phase(config: ServerConfig, batch_sizes: list[int], args: arg
 def top3_agreement(config: ServerConfig, precisions: list[str], texts: list[str]) -> dict[str, float]:
     """Per precision: the share of ``texts`` whose top 3 (in order) equal the fp32 encoder's."""
     from local_dense_retriever.dense import DenseSearcher, load_index
+    from local_dense_retriever.encoder import Encoder
 
     index = load_index(config.index_path)
 
