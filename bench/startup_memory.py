@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import retrieval_server  # noqa: E402
-from search_r1_slime.demo import minilm_path  # noqa: E402
 
 POLL_S = 0.01
 # Readiness is asked over HTTP 10 times a second: every question takes the server's GIL from the
@@ -102,21 +101,10 @@ def answers_http(port: int, *, ok_only: bool) -> bool:
         return False
 
 
-def run_upstream(index: str, corpus: str, model: str, env: dict, port: int) -> dict:
-    process = subprocess.Popen([sys.executable, __file__, "--upstream_like_server", index, corpus, model, str(port)], env=env)
+def measure(process: subprocess.Popen, port: int, *, ok_only: bool) -> dict:
+    """Watch ``process`` until ``port`` answers (``ok_only``: with 200), then stop it."""
     try:
-        return watch(process, lambda: answers_http(port, ok_only=False))
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def run_ours(index: str, corpus: str, model: str, env: dict, port: int) -> dict:
-    cmd = [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", index, "--corpus_path", corpus,
-           "--retriever_name", "minilm", "--retriever_model", model, "--device", "cpu", "--port", str(port), "--log_level", "warning"]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    try:
-        return watch(process, lambda: answers_http(port, ok_only=True))
+        return watch(process, lambda: answers_http(port, ok_only=ok_only))
     finally:
         process.terminate()
         process.wait(30)
@@ -138,15 +126,20 @@ def main() -> None:
         return
 
     config = retrieval_server.prepare(args.workdir, args.passages)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(args.workdir / "datasets_cache"),
-           "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    # Inherited by both sides' processes.
+    os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_CACHE": str(args.workdir / "datasets_cache"),
+                       "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"})
     index_gb = Path(config.index_path).stat().st_size / 1e9
     print(f"{args.passages} passages, flat index {index_gb:.2f} GB (random vectors, 384-d), MiniLM on CPU, "
           f"{args.runs} starts per side, {os.cpu_count()} cores")
     results: dict[str, list[dict]] = {"upstream": [], "ours": []}
     for run in range(args.runs):
-        results["upstream"].append(run_upstream(config.index_path, config.corpus_path, minilm_path(), env, retrieval_server.free_port()))
-        results["ours"].append(run_ours(config.index_path, config.corpus_path, minilm_path(), env, retrieval_server.free_port()))
+        port = retrieval_server.free_port()
+        upstream = subprocess.Popen([sys.executable, __file__, "--upstream_like_server", config.index_path, config.corpus_path,
+                                     config.retriever_model, str(port)])
+        results["upstream"].append(measure(upstream, port, ok_only=False))  # upstream has no /health: any answer
+        port = retrieval_server.free_port()
+        results["ours"].append(measure(retrieval_server.start_server(config, port), port, ok_only=True))
         for side in results:
             r = results[side][-1]
             print(f"  run {run + 1} {side:8s}: ready {r['ready_s']:5.1f} s  peak {r['peak_gb']:.2f} GB  peak anonymous {r['peak_anon_gb']:.2f} GB")
