@@ -3,8 +3,11 @@
 Request: ``{"queries": [str, ...], "topk": int | null, "return_scores": bool}``.
 Response: ``{"result": [per-query list]}`` where an item is the passage (``{"id", "contents"}``)
 or, with ``return_scores``, ``{"document": passage, "score": float}``. A client written for
-upstream's server sends the same body and reads the same answer; unknown extra fields are ignored
-as upstream's server ignored them.
+upstream's server sends the same body and reads the same answer. Other fields are ignored, as
+upstream's server ignored them, except a near miss of a field's name (``top_k``, ``returnScores``,
+``query``): that is a client's typo, which would otherwise be served with the default silently, so
+it gets a 422 naming the field. Search-R1's clients (its trainer, its inference script), verl's
+search tool and slime's example all send exactly the three fields.
 
 The models below also make the published OpenAPI schema: every constraint the server enforces on a
 request is in the request schema, and every answer it can give has a documented body.
@@ -16,7 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from local_dense_retriever.retriever import Hit
 
@@ -25,6 +28,32 @@ from local_dense_retriever.retriever import Hit
 # differs in a few characters) and Python read the published pattern the same way.
 NOT_BLANK_PATTERN = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 _NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
+
+# For each field, the names a client may have meant it by: another case, a separator between its
+# words, singular for plural. Written in the subset of regex syntax that Python and ECMA-262 (JSON
+# Schema's dialect) read alike, so the schema can publish the same rule the server applies.
+_NEAR_MISSES = {
+    "queries": r"quer(y|ys|ies)",
+    "topk": r"top[-_. ]?k",
+    "return_scores": r"return[-_. ]?scores?",
+}
+
+
+def _any_case(source: str) -> str:
+    return re.sub(r"[a-z]", lambda letter: f"[{letter[0]}{letter[0].upper()}]", source)
+
+
+_MEANT = {field: re.compile(_any_case(pattern)) for field, pattern in _NEAR_MISSES.items()}
+# A property name the request schema forbids: a near miss of a field, but not the field itself.
+NEAR_MISS_PATTERN = f"^(?!({'|'.join(_NEAR_MISSES)})$)({'|'.join(_any_case(p) for p in _NEAR_MISSES.values())})$"
+
+
+def misspelt_fields(body: Any) -> list[str]:
+    """One message per key of ``body`` that is a near miss of a field's name."""
+    if not isinstance(body, dict):
+        return []
+    return [f"{key!r} is not a field: did you mean {field!r}?"
+            for key in body if key not in _MEANT for field, meant in _MEANT.items() if meant.fullmatch(key)]
 
 
 def _whole_number(value: Any) -> Any:
@@ -40,6 +69,8 @@ def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type
     query_schema = {"type": "string", "maxLength": max_query_chars, "pattern": NOT_BLANK_PATTERN}
 
     class RetrieveRequest(BaseModel):
+        model_config = ConfigDict(json_schema_extra={"propertyNames": {"not": {"pattern": NEAR_MISS_PATTERN}}})
+
         queries: list[str] = Field(
             min_length=1,
             max_length=max_queries,
@@ -51,6 +82,13 @@ def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type
             default=None, description="passages per query (default: the server's --topk)"
         )
         return_scores: StrictBool = Field(default=False, description='wrap each passage as {"document", "score"}')
+
+        @model_validator(mode="before")
+        @classmethod
+        def _no_misspelt_fields(cls, body: Any) -> Any:
+            if problems := misspelt_fields(body):
+                raise ValueError("; ".join(problems))
+            return body
 
         @field_validator("queries")
         @classmethod
@@ -131,7 +169,8 @@ def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
         200: {"model": RetrieveResponse, "description": "the passages for each query"},
         408: _error("the body did not arrive within --body_timeout_s; the connection is closed"),
         413: _error("the body is larger than --max_body_bytes (from Content-Length, before it is read); the connection is closed"),
-        422: _error("the body is not valid JSON or breaks a constraint of the request schema", ValidationErrorBody),
+        422: _error("the body is not valid JSON or breaks a constraint of the request schema (a near miss of a field's "
+                    "name, such as top_k for topk, included)", ValidationErrorBody),
         500: _error("the search failed (the reason is in detail); the next request is served normally"),
         503: _error(
             "the retriever is loading or overloaded; retry later",

@@ -9,6 +9,9 @@ What the server cannot take it refuses before doing any work, with ``{"detail": 
 larger than the largest valid request (413, see ``BodyLimits``), a body that does not arrive in
 time (408), a missing or wrong access token when one is configured (401), an invalid request (422),
 overload (503 with ``Retry-After``). The OpenAPI document lists every one of these answers.
+
+Every request leaves one log line once answered (``RequestLog``), refusals included, unless
+``config.request_log`` is off.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
@@ -102,6 +106,47 @@ class BodyLimits:
         await self.app(scope, limited_receive, send)
 
 
+class RequestLog:
+    """Pure ASGI middleware: one line per request once its answer is sent: method, path, status,
+    latency, the number of queries (set by /retrieve once its body is valid) and the client.
+
+    Outermost, so refusals made before the route runs (401, 408, 413) leave their line too. No
+    header is logged, so the access token never is; nor are the queries (they can be long, and
+    private). ``GET /health`` is logged at DEBUG: clients and orchestrators poll it.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        # The route reports its query count here (Request.state is this dict).
+        state = scope.setdefault("state", {})
+        status = "-"  # no answer: the client left first
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            queries = state.get("queries")
+            client = scope.get("client")
+            logger.log(
+                logging.DEBUG if scope["path"] == "/health" else logging.INFO,
+                "%s %s %s in %.1f ms%s%s",
+                scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
+                "" if queries is None else f", {queries} queries",
+                "" if client is None else f" (client {client[0]}:{client[1]})",
+            )
+
+
 def _refusal(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail, headers={"Connection": "close"})
 
@@ -124,7 +169,10 @@ def create_app(
         try:
             retriever = await asyncio.to_thread(load, config)
         except Exception as exc:
-            logger.exception("loading the retriever failed")
+            if isinstance(exc, (ValueError, OSError)):  # a wrong file, flag or model: the reason says it all
+                logger.error("loading the retriever failed: %s", " ".join(str(exc).split()))
+            else:  # our own bug: its traceback
+                logger.exception("loading the retriever failed")
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             if on_load_error is not None:
                 on_load_error(exc)
@@ -152,6 +200,8 @@ def create_app(
 
     app = FastAPI(title="Search-R1 local retrieval server", lifespan=lifespan)
     app.add_middleware(BodyLimits, max_bytes=config.body_limit, timeout_s=config.body_timeout_s)
+    if config.request_log:
+        app.add_middleware(RequestLog)  # added last: the outermost, it sees every answer
     app.state.retrieval = state
     # Computed once: /health is asked repeatedly while the retriever loads, and each answer takes
     # the GIL from the loading thread.
@@ -192,6 +242,7 @@ def create_app(
         except ClientDisconnect:  # gone before its body arrived: nobody reads an answer
             logger.debug("a client disconnected while sending its request")
             return Response(status_code=400)
+        raw.state.queries = len(request.queries)  # for the request's log line
         if state.batcher is None or state.retriever is None:
             detail = f"the retriever is {state.status}" + (f": {state.error}" if state.error else "; retry shortly")
             return _json({"detail": detail}, 503, {"Retry-After": RETRY_AFTER_S})

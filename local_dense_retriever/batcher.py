@@ -178,9 +178,11 @@ class MicroBatcher(Generic[Result]):
             own = None if error else [hits[: job.k] for hits in results[offset : offset + len(job.queries)]]
             offset += len(job.queries)
             outcomes.append((job, own, error))
-        _deliver(outcomes)
+        # Out of the backlog before the callers hear back: a caller answered may submit again at
+        # once, and must not find its own answered queries still counted against the limit.
         with self._pending_lock:
             self._pending_queries -= sum(len(job.queries) for job in batch)
+        _deliver(outcomes)
 
     def _fail_waiting(self, carried: deque[_Job]) -> None:
         leftovers = list(carried)

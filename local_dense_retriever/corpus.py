@@ -5,12 +5,16 @@ GB and minutes to load; an uncompressed Arrow IPC file is mapped in milliseconds
 only what lookups touch, and a batch of row numbers is fetched with one vectorised ``take``.
 
 The Arrow file sits next to the JSONL (``wiki-18.jsonl`` -> ``wiki-18.arrow``) unless another path
-is given. It records the size and modification time of the JSONL it came from and is rebuilt when
-they change, so an edited corpus never serves stale passages.
+is given, or that folder is read-only or inside this project's installed packages (the demo corpus
+ships there): then it goes to the user's cache, ``$XDG_CACHE_HOME/search-r1-slime/corpora`` (by
+default ``~/.cache/...``). It records the size and modification time of the JSONL it came from and
+is rebuilt when they change, so an edited corpus never serves stale passages.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -19,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.json as pa_json
+from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +33,29 @@ _SOURCE_KEY = b"search_r1.source"
 _READ_BLOCK_BYTES = 16 << 20
 
 
+def cache_dir() -> Path:
+    """This project's folder in the user's cache (the XDG base directory convention)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "search-r1-slime"
+
+
+def _package_dirs() -> list[Path]:
+    specs = (importlib.util.find_spec(name) for name in ("local_dense_retriever", "search_r1_slime"))
+    return [Path(location).resolve() for spec in specs if spec is not None for location in spec.submodule_search_locations or ()]
+
+
 def default_arrow_path(corpus_path: str | os.PathLike) -> Path:
+    """Next to the corpus, unless that folder is read-only or inside an installed package of ours:
+    then in the user's cache, named after the corpus and a digest of its full path."""
     path = Path(corpus_path)
     name = path.name
     for suffix in (".gz", ".jsonl", ".json"):
         name = name.removesuffix(suffix)
-    return path.with_name(name + ".arrow")
+    folder = path.resolve().parent
+    if os.access(folder, os.W_OK) and not any(folder.is_relative_to(package) for package in _package_dirs()):
+        return path.with_name(name + ".arrow")
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / "corpora" / f"{name}-{digest}.arrow"
 
 
 def _source_stamp(corpus_path: Path) -> bytes:
@@ -41,41 +63,55 @@ def _source_stamp(corpus_path: Path) -> bytes:
     return f"{stat.st_size}:{stat.st_mtime_ns}".encode()
 
 
-def convert_jsonl(corpus_path: str | os.PathLike, arrow_path: str | os.PathLike) -> Path:
+def convert_jsonl(corpus_path: str | os.PathLike, arrow_path: str | os.PathLike, *, show_progress: bool | None = None) -> Path:
     """Stream a JSONL corpus (optionally ``.gz``) into an Arrow IPC file; return its path.
 
     Memory stays at about one read block whatever the corpus size. Every line must be a JSON
-    object with a string ``contents`` field; other fields (``id``...) are kept as they are.
+    object with a string ``contents`` field; other fields (``id``...) are kept as they are. The
+    progress bar counts the corpus file's bytes read (``show_progress=None``: on a terminal only).
     """
     corpus_path, arrow_path = Path(corpus_path), Path(arrow_path)
+    arrow_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = arrow_path.with_name(arrow_path.name + ".tmp")
-    reader = pa_json.open_json(corpus_path, read_options=pa_json.ReadOptions(block_size=_READ_BLOCK_BYTES))
-    schema = reader.schema
-    if schema.get_field_index("contents") < 0 or not pa.types.is_string(schema.field("contents").type):
-        raise ValueError(
-            f"{corpus_path}: each line must be a JSON object with a string 'contents' field "
-            f'(wiki-18 format: {{"id": "0", "contents": "\\"Title\\"\\ntext"}}); found fields {schema}'
-        )
-    schema = schema.with_metadata({_SOURCE_KEY: _source_stamp(corpus_path)})
     rows = 0
-    with pa.OSFile(str(tmp_path), "wb") as sink, ipc.new_file(sink, schema) as writer:
-        for batch in reader:
-            writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-            rows += batch.num_rows
+    with pa.OSFile(str(corpus_path), "rb") as raw:
+        source = pa.CompressedInputStream(raw, "gzip") if corpus_path.suffix == ".gz" else raw
+        reader = pa_json.open_json(source, read_options=pa_json.ReadOptions(block_size=_READ_BLOCK_BYTES))
+        schema = reader.schema
+        if schema.get_field_index("contents") < 0 or not pa.types.is_string(schema.field("contents").type):
+            raise ValueError(
+                f"{corpus_path}: each line must be a JSON object with a string 'contents' field "
+                f'(wiki-18 format: {{"id": "0", "contents": "\\"Title\\"\\ntext"}}); found fields {schema}'
+            )
+        schema = schema.with_metadata({_SOURCE_KEY: _source_stamp(corpus_path)})
+        with (
+            tqdm(total=raw.size(), unit="B", unit_scale=True, desc=f"converting {corpus_path.name} to Arrow", disable=_hidden(show_progress)) as bar,
+            pa.OSFile(str(tmp_path), "wb") as sink,
+            ipc.new_file(sink, schema) as writer,
+        ):
+            for batch in reader:
+                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                rows += batch.num_rows
+                bar.update(raw.tell() - bar.n)
     os.replace(tmp_path, arrow_path)
     logger.info("converted %s (%d passages) to %s", corpus_path, rows, arrow_path)
     return arrow_path
 
 
+def _hidden(show_progress: bool | None) -> bool | None:
+    # tqdm's disable=None: shown on a terminal only (a server's log file gets no bar).
+    return None if show_progress is None else not show_progress
+
+
 class CorpusStore:
     """Read-only, memory-mapped passages, looked up by row number (the FAISS/BM25 document id)."""
 
-    def __init__(self, corpus_path: str | os.PathLike, arrow_path: str | os.PathLike | None = None):
+    def __init__(self, corpus_path: str | os.PathLike, arrow_path: str | os.PathLike | None = None, *, show_progress: bool | None = None):
         self.corpus_path = Path(corpus_path)
         self.arrow_path = Path(arrow_path) if arrow_path is not None else default_arrow_path(corpus_path)
         if not self._arrow_is_current():
-            logger.info("building the Arrow cache of %s (once per corpus)", self.corpus_path)
-            convert_jsonl(self.corpus_path, self.arrow_path)
+            logger.info("building the Arrow cache of %s at %s (once per corpus)", self.corpus_path, self.arrow_path)
+            convert_jsonl(self.corpus_path, self.arrow_path, show_progress=show_progress)
         reader = ipc.open_file(pa.memory_map(str(self.arrow_path), "r"))
         # Zero-copy views of the mapped file, one per record batch: nothing is read until used.
         self._batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]

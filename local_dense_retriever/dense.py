@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import faiss
@@ -20,9 +21,26 @@ logger = logging.getLogger(__name__)
 BLAS_THRESHOLD = 20
 
 
+def faiss_reason(exc: BaseException) -> str:
+    """FAISS's own reason from one of its errors, without the C++ function and source line before
+    it ("Error in void faiss::...() at /project/faiss/...cpp:64: Error: 'd % M == 0' failed: ...")."""
+    text = str(exc).strip()
+    text = re.sub(r"^(Error in .*? at \S+:\d+: )+", "", text, flags=re.DOTALL)  # nested: one per C++ frame
+    # "Error: 'n > 0' failed: <reason>" gives the reason, or the failed condition when no reason follows.
+    return re.sub(r"^Error: ('.*?' failed)(?:: (.+))?$", lambda m: m[2] or m[1], text, flags=re.DOTALL)
+
+
 def use_blas_for_query_batches() -> None:
     """Let FAISS score batches of ``BLAS_THRESHOLD`` or more queries with BLAS (process-wide)."""
     faiss.cvar.distance_compute_blas_threshold = BLAS_THRESHOLD
+
+
+def faiss_gpu_problem() -> str | None:
+    """Why ``--faiss_gpu`` cannot work here (None when it can)."""
+    if not hasattr(faiss, "GpuMultipleClonerOptions") or faiss.get_num_gpus() == 0:
+        return ("--faiss_gpu needs faiss with GPU support and a visible GPU (install faiss-gpu, check "
+                "CUDA_VISIBLE_DEVICES), or drop --faiss_gpu to search on CPU")
+    return None
 
 
 def shard_on_all_gpus(index: faiss.Index) -> faiss.Index:
@@ -30,11 +48,8 @@ def shard_on_all_gpus(index: faiss.Index) -> faiss.Index:
 
     Needs a faiss build with GPU support (faiss-gpu); it cannot run on this project's CPU CI.
     """
-    if not hasattr(faiss, "GpuMultipleClonerOptions") or faiss.get_num_gpus() == 0:
-        raise RuntimeError(
-            "--faiss_gpu needs faiss with GPU support and a visible GPU (install faiss-gpu, check "
-            "CUDA_VISIBLE_DEVICES), or drop --faiss_gpu to search on CPU"
-        )
+    if (problem := faiss_gpu_problem()) is not None:
+        raise RuntimeError(problem)
     options = faiss.GpuMultipleClonerOptions()
     options.useFloat16 = True
     options.shard = True
@@ -64,14 +79,21 @@ _MMAP_FLAGS = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) | getattr(faiss, "IO_FLAG_RE
 def read_index(path: str) -> LoadedIndex:
     """Map the index file when this FAISS can (any index type), else read it into memory."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"index {path} does not exist; pass --index_path to a FAISS index file")
+        raise FileNotFoundError(f"index {path} does not exist; pass a FAISS index file")
     file_bytes = os.path.getsize(path)
+    not_mapped = None
     if hasattr(faiss, "IO_FLAG_MMAP_IFC"):
         try:
             return LoadedIndex(faiss.read_index(path, _MMAP_FLAGS), "mmap", file_bytes)
         except RuntimeError as exc:  # a type this FAISS cannot map: read it instead
-            logger.warning("FAISS cannot memory-map %s (%s); reading it into memory", path, exc)
-    return LoadedIndex(faiss.read_index(path), "read", file_bytes)
+            not_mapped = faiss_reason(exc)
+    try:
+        index = faiss.read_index(path)
+    except RuntimeError as exc:
+        raise ValueError(f"{path} is not a FAISS index this FAISS can read: {faiss_reason(exc)}") from None
+    if not_mapped is not None:
+        logger.warning("FAISS cannot memory-map %s (%s); read it into memory", path, not_mapped)
+    return LoadedIndex(index, "read", file_bytes)
 
 
 def load_index(path: str, *, gpu: bool = False, search_params: str | None = None) -> LoadedIndex:
@@ -90,7 +112,9 @@ def load_index(path: str, *, gpu: bool = False, search_params: str | None = None
         try:
             space.set_index_parameters(index, search_params)
         except RuntimeError as exc:
-            raise ValueError(f"--faiss_search_params {search_params!r} does not apply to this {type(faiss.downcast_index(index)).__name__}: {exc}") from exc
+            raise ValueError(
+                f"--faiss_search_params {search_params!r} does not apply to this {type(faiss.downcast_index(index)).__name__}: {faiss_reason(exc)}"
+            ) from exc
     use_blas_for_query_batches()
     logger.info("index %s: %s, %.2f GB, %s", path, type(faiss.downcast_index(loaded.index)).__name__, loaded.file_bytes / 1e9, loaded.loaded)
     return LoadedIndex(index, loaded.loaded, loaded.file_bytes, "gpu" if gpu else "cpu")

@@ -8,14 +8,17 @@ silently lower recall. The conventions follow the models' own model cards:
 * anything else: no prefix, the pooling given (mean by default), L2 norm (except DPR, whose
   scores are unnormalised inner products, as upstream).
 
-The family is read from ``--retriever_name`` (a substring match, as upstream does). This module
+The family is read from ``--retriever_name`` (a substring match, as upstream does); the command
+lines check it against the family the model's name shows (``resolve_retriever_name``). This module
 imports no torch, so a BM25 server and the command lines stay light.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Literal
 
 Pooling = Literal["mean", "cls", "pooler"]
@@ -62,11 +65,7 @@ class EncoderConfig:
 
     @property
     def family(self) -> str:
-        name = self.retriever_name.lower()
-        for family in ("e5", "bge", "dpr"):
-            if family in name:
-                return family
-        return "other"
+        return family_of(self.retriever_name)
 
     @property
     def resolved_pooling(self) -> str:
@@ -80,6 +79,52 @@ class EncoderConfig:
         if self.family == "bge" and is_query:
             return BGE_QUERY_INSTRUCTION
         return ""
+
+
+FAMILIES: tuple[str, ...] = ("e5", "bge", "dpr")
+
+
+def family_of(retriever_name: str) -> str:
+    """The family whose conventions ``retriever_name`` selects: e5, bge, dpr, or other."""
+    name = retriever_name.lower()
+    return next((family for family in FAMILIES if family in name), "other")
+
+
+def model_family(model_path: str) -> str | None:
+    """The family a model's name shows (``intfloat/e5-base-v2``: e5), None when it shows none.
+
+    Only the model's own name counts, as whole words, not the folders it sits in (a local copy's
+    folder name; in the Hugging Face cache, the ``models--org--name`` folder above ``snapshots/``).
+    """
+    parts = PurePath(model_path).parts
+    name = parts[-3] if len(parts) >= 3 and parts[-2] == "snapshots" else (parts[-1] if parts else "")
+    words = set(re.split(r"[^a-z0-9]+", name.lower()))
+    found = [family for family in FAMILIES if family in words]
+    return found[0] if len(found) == 1 else None
+
+
+def resolve_retriever_name(retriever_name: str | None, model_path: str) -> str:
+    """``--retriever_name``, or (not given) the family ``model_path``'s name shows; raises ValueError
+    on a name whose family contradicts the model's, or when neither tells the family.
+
+    The family decides the query and passage prefixes and the pooling, and a wrong one lowers recall
+    without any error, so it is never guessed.
+    """
+    shown = model_family(model_path)
+    if retriever_name is None:
+        if shown is None:
+            raise ValueError(
+                f"cannot tell the family of --retriever_model {model_path} from its name: pass --retriever_name "
+                "(e5, bge, dpr, or another name such as minilm for a model without prefixes, mean pooling)"
+            )
+        return shown
+    family = family_of(retriever_name)
+    if shown is not None and family != shown and retriever_name.lower() != "bm25":
+        raise ValueError(
+            f"--retriever_name {retriever_name} applies the {family} family's prefixes and pooling, "
+            f"but --retriever_model {model_path} is of the {shown} family: pass --retriever_name {shown}"
+        )
+    return retriever_name
 
 
 def _optional_bool(value: str) -> bool | None:
@@ -97,8 +142,8 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, texts: str) -> None:
     group.add_argument("--max_length", type=int, default=defaults.max_length, help=f"token limit of {texts}")
     group.add_argument("--device", default=defaults.device, help="auto (GPU if any), cpu, cuda, cuda:1...")
     group.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
-                       help="auto: fp16 on GPU, fp32 on CPU; bf16: faster on CPUs with bf16 instructions, top 3 as fp32's for ~98% of queries")
-    group.add_argument("--fp16", type=_optional_bool, default=None, help="upstream's switch: true = --precision fp16, false = fp32")
+                       help="auto: fp16 on GPU, fp32 on CPU; bf16: faster on CPUs with bf16 instructions, top 3 as fp32's for ~98%% of queries")
+    group.add_argument("--fp16", type=_optional_bool, default=None, help="upstream's switch: true = --precision fp16, false = fp32 (default: unset, --precision decides)")
     group.add_argument("--encode_chunk_size", type=int, default=defaults.chunk_size, help=f"{texts} per model call, grouped by length")
 
 

@@ -54,6 +54,8 @@ class ServerConfig:
     max_body_bytes: int | None = None
     body_timeout_s: float = 30.0
     max_topk: int = 100
+    # One log line per request (app.RequestLog).
+    request_log: bool = True
     # Bearer token required on /retrieve (None: none). repr=False keeps it out of logs and tracebacks.
     api_key: str | None = field(default=None, repr=False)
 

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import logging
 import os
-import socket
 from pathlib import Path
 
 import uvicorn
@@ -57,7 +56,7 @@ def prepare(data_dir: str | os.PathLike, *, corpus_path: Path = DEMO_CORPUS, sho
     from local_dense_retriever.index_builder import build_dense_index
 
     logger.info("building the demo index in %s (first start only)", data_dir)
-    corpus = CorpusStore(config.corpus_path, config.corpus_arrow_path)
+    corpus = CorpusStore(config.corpus_path, config.corpus_arrow_path, show_progress=show_progress)
     build_dense_index(corpus, Encoder(config.encoder_config()), index, show_progress=show_progress)
     return config
 
@@ -68,13 +67,13 @@ async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: i
     from local_search_server import local_search
     from search_r1_slime.http_client import close_shared_session
 
+    from local_dense_retriever.retrieval_server import listen
+
     # The socket is bound here, so a busy port is a one-line message rather than uvicorn's exit.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart at once
     try:
-        sock.bind((host, port))
-    except OSError as exc:
-        print(f"cannot listen on {host}:{port} ({exc.strerror}); is another server running there? Pass --port")
+        sock = listen(host, port)
+    except ValueError as exc:
+        print(exc)
         return 1
     app = create_app(config)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
 def build(setup, name: str, *extra: str) -> str:
     d, corpus, model = setup
     out = str(d / name)
-    argv = ["--corpus_path", str(corpus), "--output_path", out, "--retriever_model", model, "--no_progress", *extra]
+    argv = ["--corpus_path", str(corpus), "--output_path", out, "--retriever_model", model, "--no_progress", "--retriever_name", "e5", *extra]
     assert index_builder.main(argv) == 0
     return out
 
@@ -74,15 +74,30 @@ def test_embeddings_file_is_removed_unless_kept(setup):
 
 def test_progress_bars_can_be_switched_off(setup, capsys):
     d, corpus, model = setup
-    index_builder.main(["--corpus_path", str(corpus), "--output_path", str(d / "p.index"), "--retriever_model", model])
+    index_builder.main(["--corpus_path", str(corpus), "--output_path", str(d / "p.index"), "--retriever_model", model, "--retriever_name", "e5"])
     assert "encoding passages" in capsys.readouterr().err
     build(setup, "q.index")
     assert "encoding passages" not in capsys.readouterr().err
 
 
-def test_a_bad_factory_string_is_a_clear_error(setup):
-    with pytest.raises(ValueError, match="FAISS cannot build 'NoSuchIndex'"):
+def test_the_corpus_conversion_shows_its_progress_unless_switched_off(tmp_path, capsys):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "contents": t}) + "\n" for i, t in enumerate(TEXTS)))
+    argv = ["--corpus_path", str(corpus), "--retriever_name", "bm25"]
+    assert index_builder.main([*argv, "--output_path", str(tmp_path / "quiet"), "--corpus_arrow_path", str(tmp_path / "q.arrow"), "--no_progress"]) == 0
+    assert "converting corpus.jsonl to Arrow" not in capsys.readouterr().err
+    assert index_builder.main([*argv, "--output_path", str(tmp_path / "shown"), "--corpus_arrow_path", str(tmp_path / "s.arrow")]) == 0
+    assert "converting corpus.jsonl to Arrow: 100%" in capsys.readouterr().err
+
+
+def test_a_bad_factory_string_is_refused_before_the_corpus_is_read(setup, capsys, monkeypatch):
+    monkeypatch.setattr(index_builder, "CorpusStore", lambda *args, **kwargs: pytest.fail("the corpus was read"))
+    with pytest.raises(SystemExit) as exit_:
         build(setup, "bad.index", "--faiss_type", "NoSuchIndex")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --faiss_type 'NoSuchIndex': FAISS cannot build it for 32-d vectors: could not parse index string "
+        "NoSuchIndex (see the FAISS wiki's 'The index factory')")
 
 
 def test_bm25_index_is_built_into_a_directory(setup):
@@ -122,7 +137,7 @@ def test_search_params_reach_the_index(setup):
 
 
 def test_a_missing_index_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="missing.index does not exist; pass --index_path"):
+    with pytest.raises(FileNotFoundError, match="missing.index does not exist; pass a FAISS index file"):
         load_index(str(tmp_path / "missing.index"))
 
 

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from local_dense_retriever import batcher as batcher_module
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
 
 
@@ -138,6 +139,27 @@ async def test_too_many_waiting_queries_are_refused(make_batcher):
         await batcher.submit(["d"], 1)
     assert len(await first) == 3
     assert await batcher.submit(["d"], 1) == [["d#0"]]  # admitted again once the backlog is gone
+
+
+async def test_a_caller_answered_is_out_of_the_backlog_before_it_hears_back(make_batcher, monkeypatch):
+    # The worker thread is held right after it hands out the answers, as a loaded machine may
+    # deschedule it there; the caller answered submits again meanwhile.
+    deliver, released = batcher_module._deliver, threading.Event()
+
+    def deliver_then_stall(outcomes):
+        deliver(outcomes)
+        released.wait(10)
+
+    monkeypatch.setattr(batcher_module, "_deliver", deliver_then_stall)
+    batcher = make_batcher(RecordingProcess(), max_pending_queries=3)
+    try:
+        assert await batcher.submit(["a", "b", "c"], 1) == [["a#0"], ["b#0"], ["c#0"]]
+        again = asyncio.create_task(batcher.submit(["d"], 1))
+        await asyncio.sleep(0)  # the submission is admitted or refused before it first waits
+        assert not again.done()  # admitted: its own answered queries no longer count as waiting
+    finally:
+        released.set()
+    assert await again == [["d#0"]]
 
 
 async def test_submitting_after_stop_is_an_error(make_batcher):

@@ -60,3 +60,47 @@ def test_lines_without_contents_are_a_clear_error(tmp_path):
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --corpus_path"):
         CorpusStore(tmp_path / "nope.jsonl")
+
+
+def snapshot(folder) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if "__pycache__" not in p.parts}
+
+
+def test_the_shipped_demo_corpus_is_converted_into_the_users_cache_not_the_package(tmp_path, monkeypatch):
+    from search_r1_slime.demo import DEMO_CORPUS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    package = DEMO_CORPUS.parent.parent
+    before = snapshot(package)
+    store = CorpusStore(DEMO_CORPUS)
+    assert store.arrow_path.parent == tmp_path / "cache" / "search-r1-slime" / "corpora"
+    assert store.arrow_path.name.startswith("demo_corpus-") and store.arrow_path.exists()
+    assert store.get([0])[0]["id"] == "0"
+    assert snapshot(package) == before  # nothing written inside the installed package
+
+
+def test_without_xdg_cache_home_the_cache_is_under_the_home_folder(tmp_path, monkeypatch):
+    from search_r1_slime.demo import DEMO_CORPUS
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_arrow_path(DEMO_CORPUS).parent == tmp_path / ".cache" / "search-r1-slime" / "corpora"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_corpus_in_a_read_only_folder_is_converted_into_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    corpus = write_jsonl((tmp_path / "ro").mkdir() or tmp_path / "ro" / "c.jsonl", ROWS)
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        assert CorpusStore(corpus).arrow_path.parent == tmp_path / "cache" / "search-r1-slime" / "corpora"
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+
+
+def test_the_conversion_shows_its_progress_unless_asked_not_to(tmp_path, capsys):
+    corpus = write_jsonl(tmp_path / "c.jsonl", ROWS)
+    CorpusStore(corpus, tmp_path / "quiet.arrow", show_progress=False)
+    assert "converting" not in capsys.readouterr().err
+    CorpusStore(corpus, tmp_path / "shown.arrow", show_progress=True)
+    assert "converting c.jsonl to Arrow: 100%" in capsys.readouterr().err

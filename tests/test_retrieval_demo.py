@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from local_dense_retriever.app import create_app
+from local_dense_retriever.retriever import load_retriever
 from search_r1_slime import demo
 
 
@@ -45,6 +47,17 @@ def test_the_index_is_built_once_and_reused(config, tmp_path):
     index_mtime = os.stat(config.index_path).st_mtime_ns
     again = demo.prepare(os.path.dirname(config.index_path), show_progress=False)
     assert again == config and os.stat(config.index_path).st_mtime_ns == index_mtime
+
+
+def test_serving_the_shipped_corpus_writes_nothing_inside_the_package(config, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    package = demo.DEMO_CORPUS.parent.parent
+    before = {str(p): p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts}
+    # As `retrieval_server --corpus_path <the shipped demo_corpus.jsonl>` loads it: no Arrow path given.
+    retriever = load_retriever(replace(config, corpus_arrow_path=None))
+    assert len(retriever) == len(demo.DEMO_CORPUS.read_text(encoding="utf-8").splitlines())
+    assert {str(p): p.stat().st_mtime_ns for p in package.rglob("*") if "__pycache__" not in p.parts} == before
+    assert list((tmp_path / "search-r1-slime" / "corpora").glob("demo_corpus-*.arrow"))
 
 
 @pytest.mark.parametrize(

@@ -143,11 +143,13 @@ def test_contradicting_rerank_settings_are_refused(rerank_config, changes, messa
     assert message in str(error.value)
 
 
-def test_the_command_line_refuses_a_topk_beyond_the_candidates(capsys):
+def test_the_command_line_refuses_a_topk_beyond_the_candidates(tmp_path, capsys):
     from local_dense_retriever.retrieval_server import main
 
+    (tmp_path / "i").touch()
+    (tmp_path / "c").touch()
     with pytest.raises(SystemExit) as stop:
-        main(["--index_path", "i", "--corpus_path", "c", "--reranker_model", "m", "--reranking_topk", "11"])
+        main(["--index_path", str(tmp_path / "i"), "--corpus_path", str(tmp_path / "c"), "--reranker_model", "m", "--reranking_topk", "11"])
     assert stop.value.code == 2
     assert "--retrieval_topk (10) must be at least --topk (11)" in capsys.readouterr().err
 
@@ -185,8 +187,9 @@ def test_a_classifier_with_several_labels_is_refused_as_reranker(tmp_path, reran
 def test_the_command_line_exits_with_an_error_when_the_reranker_does_not_load(tmp_path, rerank_config):
     from local_dense_retriever.retrieval_server import main
 
-    argv = ["--index_path", rerank_config.index_path, "--corpus_path", rerank_config.corpus_path,
-            "--retriever_model", rerank_config.retriever_model, "--reranker_model", str(tmp_path / "missing"),
+    (tmp_path / "not_a_model").mkdir()
+    argv = ["--index_path", rerank_config.index_path, "--corpus_path", rerank_config.corpus_path, "--retriever_name", "e5",
+            "--retriever_model", rerank_config.retriever_model, "--reranker_model", str(tmp_path / "not_a_model"),
             "--port", "0", "--log_level", "error"]
     assert main(argv) == 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -142,6 +143,44 @@ def test_a_topk_beyond_the_corpus_gives_every_passage(client, expected):
 def test_unknown_fields_are_ignored_like_upstream(client):
     resp = client.post("/retrieve", json={"queries": [QUERIES[0]], "topk": 1, "return_scores": False, "mode": "x"})
     assert resp.status_code == 200 and len(resp.json()["result"][0]) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"queries": [QUERIES[0]], "topk": 2, "return_scores": True},  # Search-R1's trainer and inference script, verl's search tool
+        {"queries": [QUERIES[0]], "topk": 2, "return_scores": False},  # slime's example client
+        {"queries": [QUERIES[0]]},
+    ],
+)
+def test_the_bodies_search_r1_clients_send_are_served(client, body):
+    resp = client.post("/retrieve", json=body)
+    assert resp.status_code == 200 and len(resp.json()["result"][0]) == 2
+
+
+@pytest.mark.parametrize(
+    "field, meant",
+    [("top_k", "topk"), ("topK", "topk"), ("top-k", "topk"), ("TOPK", "topk"), ("return_score", "return_scores"),
+     ("returnScores", "return_scores"), ("query", "queries"), ("Queries", "queries")],
+)
+def test_a_misspelt_field_gets_a_422_naming_the_right_one(client, field, meant):
+    body = {"queries": [QUERIES[0]], field: 1} if meant != "queries" else {field: [QUERIES[0]]}
+    resp = client.post("/retrieve", json=body)
+    assert resp.status_code == 422
+    assert resp.json() == {"detail": [{"type": "value_error", "loc": [],
+                                       "msg": f"Value error, {field!r} is not a field: did you mean {meant!r}?"}]}
+
+
+def test_the_schema_publishes_the_rule_for_misspelt_fields(client):
+    # What the OpenAPI document says is refused is exactly what the server refuses.
+    pattern = re.compile(client.get("/openapi.json").json()["paths"]["/retrieve"]["post"]["requestBody"]["content"][
+        "application/json"]["schema"]["propertyNames"]["not"]["pattern"])
+    names = ["queries", "topk", "return_scores", "top_k", "Top_K", "top k", "topkk", "k", "top_n", "query", "querys",
+             "QUERIES", "return_score", "Return-Scores", "scores", "mode", "docs", "documents", "rerank_topk"]
+    refused = [name for name in names if client.post("/retrieve", json={"queries": ["q"], name: 1}).status_code == 422
+               and name not in ("queries", "topk", "return_scores")]
+    assert refused == [name for name in names if pattern.search(name)]
+    assert refused == ["top_k", "Top_K", "top k", "query", "querys", "QUERIES", "return_score", "Return-Scores"]
 
 
 @pytest.mark.parametrize(
@@ -298,11 +337,18 @@ def test_the_command_line_takes_upstreams_flags_and_binds_loopback_by_default():
     assert config.encoder_config().family == "bge" and config.encoder_config().resolved_pooling == "cls"
 
 
-def test_the_command_line_exits_with_an_error_when_loading_fails(tmp_path):
+def test_the_command_line_exits_with_an_error_when_loading_fails(dense_config, caplog):
     from local_dense_retriever.retrieval_server import main
 
-    argv = ["--index_path", str(tmp_path / "none.index"), "--corpus_path", str(tmp_path / "none.jsonl"), "--port", "0", "--log_level", "error"]
+    # Files that exist, so the command line takes them; the "index" is the corpus, which FAISS cannot read.
+    argv = ["--index_path", dense_config.corpus_path, "--corpus_path", dense_config.corpus_path, "--retriever_name", "e5",
+            "--retriever_model", dense_config.retriever_model, "--port", "0", "--log_level", "error"]
     assert main(argv) == 1
+    (record,) = [r for r in caplog.records if r.name == "local_dense_retriever.app"]
+    # A user's mistake: the reason on one line, no traceback.
+    assert record.getMessage() == (f"loading the retriever failed: {dense_config.corpus_path} is not a FAISS index this FAISS "
+                                   'can read: Index type 0x6469227b ("{"id") not recognized')
+    assert record.exc_info is None
 
 
 def test_command_line_defaults_are_the_config_defaults(monkeypatch):

@@ -26,7 +26,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 
-from local_dense_retriever.api import NOT_BLANK_PATTERN
+from local_dense_retriever.api import NEAR_MISS_PATTERN, NOT_BLANK_PATTERN
 from local_dense_retriever.app import create_app
 from local_dense_retriever.retrieval_server import build_parser, config_from_args
 from local_dense_retriever.server_config import ServerConfig
@@ -232,6 +232,38 @@ def test_health_stays_open_and_never_shows_the_token(guarded):
     assert TOKEN not in repr(replace(ServerConfig(index_path="i", corpus_path="c"), api_key=TOKEN))
 
 
+def test_each_request_leaves_one_log_line_and_never_the_token(guarded, limited, caplog):
+    caplog.set_level(logging.INFO, logger="local_dense_retriever.app")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert guarded.post("/retrieve", json={"queries": QUERIES[:2], "topk": 1}, headers=auth).status_code == 200
+    assert guarded.post("/retrieve", json={"queries": ["q"]}, headers={"Authorization": "Bearer wrong-guess"}).status_code == 401
+    assert guarded.post("/retrieve", json={"queries": ["q"]}).status_code == 401
+    assert guarded.post("/retrieve", json={"queries": ["q"], "top_k": 1}, headers=auth).status_code == 422
+    assert guarded.post("/retrieve", content=b"x" * (limited.body_limit + 1), headers=auth).status_code == 413
+    assert guarded.get("/health").status_code == 200  # polled by clients and orchestrators: DEBUG, not INFO
+    lines = [re.sub(r" in \d+\.\d ms", " in X ms", r.getMessage()) for r in caplog.records
+             if r.name == "local_dense_retriever.app" and r.levelno == logging.INFO]
+    assert lines == [
+        "POST /retrieve 200 in X ms, 2 queries (client testclient:50000)",
+        "POST /retrieve 401 in X ms (client testclient:50000)",
+        "POST /retrieve 401 in X ms (client testclient:50000)",
+        "POST /retrieve 422 in X ms (client testclient:50000)",
+        "POST /retrieve 413 in X ms (client testclient:50000)",
+    ]
+    assert TOKEN not in caplog.text and "wrong-guess" not in caplog.text and QUERIES[0] not in caplog.text
+
+
+def test_the_request_log_can_be_switched_off(dense_config, caplog):
+    caplog.set_level(logging.INFO, logger="local_dense_retriever.app")
+    config = config_from_args(build_parser().parse_args(
+        ["--index_path", dense_config.index_path, "--corpus_path", dense_config.corpus_path, "--retriever_name", "e5",
+         "--retriever_model", dense_config.retriever_model, "--no_request_log"]))
+    with TestClient(create_app(config)) as client:
+        wait_until_ready(client)
+        assert client.post("/retrieve", json={"queries": ["q"]}).status_code == 200
+    assert not [r for r in caplog.records if r.getMessage().startswith("POST /retrieve")]
+
+
 def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     def api_key(*flags: str) -> str | None:
         return config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags])).api_key
@@ -294,6 +326,7 @@ def test_openapi_request_schema_states_every_constraint(dense_config):
     assert queries["items"] == {"type": "string", "maxLength": 100, "pattern": NOT_BLANK_PATTERN}
     assert topk["anyOf"] == [{"type": "integer", "minimum": 1, "maximum": 100}, {"type": "null"}]
     assert schema["properties"]["return_scores"]["type"] == "boolean" and schema["required"] == ["queries"]
+    assert schema["propertyNames"] == {"not": {"pattern": NEAR_MISS_PATTERN}}  # top_k, returnScores... get 422
 
 
 def test_the_not_blank_pattern_is_pythons_whitespace_exactly():

@@ -1,0 +1,65 @@
+"""What the command lines of the retrieval stack share: --help with every default, one-line errors,
+checks of the paths they are given."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import NoReturn
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the help already says what the default is
+    (a default of None is then told in words) or the option is a switch or required."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if (
+            any(told in help_text for told in ("default:", "(default ", "%(default)"))
+            or not action.option_strings
+            or action.required
+            or action.default in (None, False, argparse.SUPPRESS)
+            or action.nargs == 0  # a switch: its help says what turning it on does
+        ):
+            return help_text
+        return f"{help_text} (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (argparse's own print the whole usage first)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.refuse(f"{message} (see --help)")
+
+    def refuse(self, message: str) -> NoReturn:
+        """A user's mistake found after parsing (a missing file, a busy port): one line, exit 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# Checks of the paths a command line names, each raising ValueError with the line to show. They
+# run before anything loads: a typo should cost a second, not the minutes before the first use.
+
+
+def check_file(flag: str, path: str | os.PathLike) -> None:
+    if not Path(path).is_file():
+        raise ValueError(f"{flag} {path}: " + ("is a directory, not a file" if Path(path).is_dir() else "no such file"))
+
+
+def check_output(flag: str, path: str | os.PathLike) -> None:
+    """``path`` can be written: its folder exists and is writable."""
+    folder = Path(path).absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+
+
+def check_model(flag: str, model: str) -> None:
+    """A model named by a path must exist (a hub id, org/name, is only looked up when it loads)."""
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise ValueError(f"{flag} {model}: no such directory (a Hugging Face model is named org/name)")
