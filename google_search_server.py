@@ -34,7 +34,7 @@ import chardet
 
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
-from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, secret_or_env
+from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, resolve_secret
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +75,11 @@ async def google_search(
         }
     )
     google = config.google
-    key = secret_or_env(google.api_key, SERPER_API_KEY_ENV)
+    key = resolve_secret(google.api_key, google.api_key_file, SERPER_API_KEY_ENV)
     if key is None:
         raise ValueError(
-            f"no serper.dev API key: set google.api_key in SEARCH_R1_CONFIGS (or under search_r1: google: "
-            f"api_key: in the YAML given to --custom-config-path), or export {SERPER_API_KEY_ENV}"
+            f"no serper.dev API key: set google.api_key_file (the path of a file holding the key) or google.api_key "
+            f"under search_r1: in the YAML given to --custom-config-path (or in SEARCH_R1_CONFIGS), or export {SERPER_API_KEY_ENV}"
         )
     plan = _Settings(
         endpoint=google.endpoint,
