@@ -36,6 +36,8 @@ from typing import Any, Generic, TypeVar
 
 import aiohttp
 
+from search_r1_slime.public_web import PublicOnlyResolver
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -62,28 +64,33 @@ class PerLoop(Generic[T]):
         return self._items.pop(asyncio.get_running_loop(), None)
 
 
-def _new_session() -> aiohttp.ClientSession:
+def _new_session(public_only: bool) -> aiohttp.ClientSession:
     # limit=0: concurrency is bounded by the callers' semaphores, not by the pool.
     # trust_env=False: proxies are explicit per request (the configs' "proxy" keys).
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False)
+    resolver = PublicOnlyResolver() if public_only else None
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, resolver=resolver), trust_env=False)
 
 
-_SESSIONS: PerLoop[aiohttp.ClientSession] = PerLoop(_new_session)
+# Per event loop: public_only -> its session.
+_SESSIONS: PerLoop[dict[bool, aiohttp.ClientSession]] = PerLoop(dict)
 
 
-def shared_session() -> aiohttp.ClientSession:
-    """Return the session of the running event loop, creating it on first use."""
-    session = _SESSIONS.get()
-    if session.closed:
-        _SESSIONS.pop()
-        session = _SESSIONS.get()
+def shared_session(public_only: bool = False) -> aiohttp.ClientSession:
+    """Return the session of the running event loop, creating it on first use.
+
+    ``public_only``: the session for URLs chosen by someone else (web pages), which connects only
+    to public addresses (``search_r1_slime.public_web``).
+    """
+    sessions = _SESSIONS.get()
+    session = sessions.get(public_only)
+    if session is None or session.closed:
+        session = sessions[public_only] = _new_session(public_only)
     return session
 
 
 async def close_shared_session() -> None:
-    """Close the running loop's session (scripts and tests call this before their loop ends)."""
-    session = _SESSIONS.pop()
-    if session is not None:
+    """Close the running loop's sessions (scripts and tests call this before their loop ends)."""
+    for session in (_SESSIONS.pop() or {}).values():
         await session.close()
 
 

@@ -177,6 +177,8 @@ class GoogleSettings(_KeyedSection):
     attempt_timeout: float = Field(10.0, gt=0)
     page_timeout: float = Field(5.0, gt=0)
     page_max_bytes: int = Field(1_000_000, ge=1)
+    # Fetch result pages on loopback, private, link-local and other non-public addresses too.
+    allow_private_pages: bool = False
 
 
 class SearchR1Config(_Section):
