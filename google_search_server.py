@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-import aiohttp
 import chardet
 from yarl import URL
 
@@ -78,7 +77,7 @@ async def google_search(
     other keys of ``search_r1.google`` (``search_r1_slime.settings.GoogleSettings``: defaults and
     ranges), checked like the configuration (``ConfigError`` names a bad one). Raises
     ``ValueError`` when no API key is configured, ``http_client.RequestFailed`` when serper.dev
-    does not answer properly in time.
+    does not answer properly in time, or at once for a blank query (never sent: it would be paid for).
     """
     config = SearchR1Config.checked(
         {

@@ -32,16 +32,13 @@ def resolve_secret(configured: str | None, path: str | None, env: str) -> str | 
     if configured:
         return configured
     if path:
-        return _read_secret_file(path)
+        return _read_secret_file(path) or None
     return os.environ.get(env) or None
 
 
 def _read_secret_file(path: str) -> str:
     with open(path, encoding="utf-8") as f:
-        secret = f.read().strip()
-    if not secret:
-        raise ValueError(f"the file {path} is empty")
-    return secret
+        return f.read().strip()
 
 
 def uploaded_secret_problems(override: Mapping[str, Any]) -> list[str]:
@@ -105,22 +102,23 @@ def _optional_secret(value: Any) -> str | None:
 
 
 def _optional_secret_file(value: Any) -> str | None:
+    # Neither the value nor the file's contents is ever quoted: a key put here by mistake, in place
+    # of its file's path, must not end up in a log.
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"must be None or the path of a file holding the key, got {type(value).__name__}: {value!r}")
-    # The reasons never quote the file's contents.
+        raise ValueError(f"must be None or the path of a file holding the key (got {type(value).__name__}, value not shown)")
     try:
-        _read_secret_file(value)
+        secret = _read_secret_file(value)
     except UnicodeDecodeError:
-        reason = "it is not UTF-8 text"
+        reason = "the file is not UTF-8 text"
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
-    except ValueError as exc:
-        reason = str(exc)
     else:
-        return value
-    raise ValueError(f"cannot be used: {value}: {reason}")
+        if secret:
+            return value
+        reason = "the file is empty"
+    raise ValueError(f"cannot be read as a key file ({reason}; the path is not shown, in case it is a key)")
 
 
 SearchUrls = Annotated[str | list[str], PlainValidator(_search_urls)]

@@ -283,3 +283,9 @@ async def test_the_public_only_resolver_gives_no_private_address():
             await resolver.resolve("localhost", 80)
     finally:
         await resolver.close()
+
+
+async def test_a_blank_query_fails_at_once_and_is_not_paid_for(serper):
+    with pytest.raises(RequestFailed, match="empty or blank; it was not sent"):
+        await google_search(KEY, " \t", snippet_only=True, endpoint=serper.endpoint)
+    assert serper.requests == []
