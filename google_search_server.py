@@ -48,8 +48,8 @@ _DETECT_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
 # One thread parses the pages of the process in turn. Parsing is pure Python, so more threads
 # would not parse faster (the GIL), only take the GIL from the event loop more often: reading five
-# ~780 KB pages at once stalled the loop 200-240 ms with a thread per page, 55-77 ms with one
-# thread, 480-520 ms parsing on the loop (bench/page_parsing.py, 3 runs on a busy 2-core machine).
+# ~780 KB pages at once stalled the loop 250-380 ms with a thread per page, 28-63 ms with one
+# thread, 810-830 ms parsing on the loop (bench/page_parsing.py, 3 runs on a busy 2-core machine).
 _PARSER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"
@@ -198,7 +198,7 @@ async def _page_text(url: str, timeout: float, settings: _Settings, extra: dict[
         page = await asyncio.wait_for(_download(url, settings, extra), timeout)
         if page is None:
             return ""
-        # chardet and the HTML parser take ~0.2 s of CPU for a ~780 KB page: off the event loop.
+        # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
         return await asyncio.get_running_loop().run_in_executor(_PARSER, _text_of, *page)
     except Exception as exc:  # noqa: BLE001 - a page is optional: any failure means "no page"
         logger.debug("page %s skipped: %s", url, type(exc).__name__)
