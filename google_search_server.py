@@ -46,11 +46,14 @@ logger = logging.getLogger(__name__)
 # chardet is pure Python (it runs in the parsing thread); a prefix is plenty to tell encodings apart.
 _DETECT_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
-# One thread parses the pages of the process in turn. Parsing is pure Python, so more threads
+# One thread per event loop parses its pages in turn. Parsing is pure Python, so more threads
 # would not parse faster (the GIL), only take the GIL from the event loop more often: reading five
-# ~780 KB pages at once stalled the loop 250-380 ms with a thread per page, 28-63 ms with one
-# thread, 810-830 ms parsing on the loop (bench/page_parsing.py, 3 runs on a busy 2-core machine).
-_PARSER = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser")
+# ~780 KB pages at once stalled the loop 190-460 ms with a thread per page, 40-120 ms with one
+# thread, 730-830 ms parsing on the loop (bench/page_parsing.py, 7 runs on a busy 2-core machine).
+# Made per loop, like every asyncio companion here, so that none outlives its loop or a fork.
+_PARSERS: PerLoop[concurrent.futures.Executor] = PerLoop(
+    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser")
+)
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"
 
@@ -199,7 +202,7 @@ async def _page_text(url: str, timeout: float, settings: _Settings, extra: dict[
         if page is None:
             return ""
         # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(_PARSER, _text_of, *page)
+        return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), _text_of, *page)
     except Exception as exc:  # noqa: BLE001 - a page is optional: any failure means "no page"
         logger.debug("page %s skipped: %s", url, type(exc).__name__)
         return ""

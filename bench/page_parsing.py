@@ -12,8 +12,9 @@ list, ``--rounds`` times. Meanwhile a ticker wakes every 5 ms and records how la
 
 Pages and the serper.dev stand-in are served on loopback by this process (one loop).
 
-Prints the worst and median stall of each, side by side; exits 1 unless ours keeps the worst
-stall under ``--max-stall-ms`` while the answers are identical.
+Prints the worst and median stall of each, side by side; exits 1 unless the answers are identical
+and ours keeps the worst stall under a third of the stall parsing on the loop causes (the ticker
+also sees the scheduling delays of a busy machine, so an absolute bound would measure the machine).
 
 Run from the repository root:  python -m bench.page_parsing
 """
@@ -33,7 +34,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import google_search_server  # noqa: E402
-from search_r1_slime.http_client import close_shared_session  # noqa: E402
+from search_r1_slime.http_client import PerLoop, close_shared_session  # noqa: E402
 
 KEY = "bench-key"
 SENTENCE = "北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心，有三千多年的建城史。"
@@ -112,17 +113,18 @@ def main() -> int:
     parser.add_argument("--pages", type=int, default=5)
     parser.add_argument("--kb", type=int, default=780)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--max-stall-ms", type=float, default=100.0)
     args = parser.parse_args()
 
-    parser = google_search_server._PARSER
+    parsers = google_search_server._PARSERS
     runs = {}
-    for name, executor in (("on the loop", _Inline()), ("a thread per page", None), ("ours", parser)):
-        google_search_server._PARSER = executor  # None: asyncio's default executor
+    # None: asyncio's default executor, a thread per page at once.
+    for name, executor in (("on the loop", _Inline()), ("a thread per page", None), ("ours", "ours")):
+        if executor != "ours":
+            google_search_server._PARSERS = PerLoop(lambda executor=executor: executor)
         try:
             runs[name] = asyncio.run(_run(args.pages, args.kb, args.rounds))
         finally:
-            google_search_server._PARSER = parser
+            google_search_server._PARSERS = parsers
     ours, our_answers = runs["ours"]
 
     page = _page(args.kb)
@@ -135,7 +137,7 @@ def main() -> int:
     for name, (stalls, _) in runs.items():
         print(f"{name:20}{max(stalls) * 1000:10.1f}{statistics.median(stalls) * 1000:11.2f}")
     same = all(answers == our_answers for _, answers in runs.values()) and all(MARKER in a["document"]["contents"] for a in our_answers)
-    ok = same and max(ours) * 1000 < args.max_stall_ms
+    ok = same and max(ours) < max(runs["on the loop"][0]) / 3
     print(f"answers identical and from the pages: {same}")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
