@@ -58,7 +58,7 @@ async def test_a_grpo_group_with_one_blank_search_gives_every_other_sample_its_o
             hf_checkpoint=tokenizer_dir,
             partial_rollout=False,
             # A long batching wait, so the group's queries share requests.
-            search_r1={"max_turns": 1, "search_timeout": 5, "local": {"search_url": retriever.search_url, "batch_wait": 0.5}},
+            search_r1={"max_turns": 1, "search_timeout": 10, "local": {"search_url": retriever.search_url, "batch_wait": 1.0}},
         )
         params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 300, "stop": None, "no_stop_trim": True}
         samples = await asyncio.gather(

@@ -102,13 +102,13 @@ async def test_a_search_that_gets_no_slot_within_search_slot_timeout_fails_unsen
 
 
 async def test_the_wait_for_a_slot_is_not_part_of_search_timeout(tokenizer, tokenizer_dir, monkeypatch):
-    # "b" waits about 1 s for the slot with a search_timeout of 0.5 s, and still gets its passages.
+    # "b" waits longer for the slot than its search_timeout, and still gets its passages.
     world = TwoTrajectories(tokenizer, tokenizer_dir, monkeypatch)
     async with FakeSGLangPerPrompt(tokenizer, world.scripts) as sglang, FakeRetriever(world.corpus) as retriever:
-        settings = {"search_timeout": 0.5, "search_slot_timeout": 30}
+        settings = {"search_timeout": 1.0, "search_slot_timeout": 30}
         a = asyncio.ensure_future(world.run("a", sglang.port, retriever.search_url, **settings))
         await world.a_searching.wait()
-        asyncio.get_running_loop().call_later(1.0, world.gate.set)
+        asyncio.get_running_loop().call_later(2.0, world.gate.set)
         b = await world.run("b", sglang.port, retriever.search_url, **settings)
         a = await a
 
@@ -116,7 +116,7 @@ async def test_the_wait_for_a_slot_is_not_part_of_search_timeout(tokenizer, toke
     metrics = b.metadata["search_r1"]
     assert (metrics["search_failures"], metrics["search_slot_timeouts"]) == (0, 0)
     [waited] = metrics["search_slot_waits"]
-    assert waited >= 0.9
+    assert waited > settings["search_timeout"]
     assert a.response == world.response("a", world.passages("a"))
 
 
