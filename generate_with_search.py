@@ -29,7 +29,6 @@ slime's ``--custom-config-path`` YAML (it arrives as ``args.search_r1``), merged
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import dataclasses
 import functools
@@ -39,8 +38,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, request_json
-from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config
+from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
+from search_r1_slime.search_slots import SearchSlot, SlotTimeout
+from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, uploaded_secret_problems
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ INFORMATION_TAIL = "</information>\n\n"
 # What the model reads when a search fails or finds nothing: never an empty <information>.
 SEARCH_FAILED_TEXT = "Search failed: no documents could be retrieved for this query."
 NO_RESULTS_TEXT = "No documents were found for this query."
+# What a blank <search> </search> gets, without asking any backend: there is nothing to search for.
+EMPTY_QUERY_TEXT = "The search query was empty, so nothing was searched. Put the query between <search> and </search>."
 
 _ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 _ACTION_STOPS = ("</search>", "</answer>")
@@ -77,8 +79,6 @@ _GENERATE_POLICY = RetryPolicy(
     retry_statuses=frozenset({429, 502, 503, 504}),
     retry_after_send=False,
 )
-# Per event loop: search_concurrency -> its semaphore (an asyncio primitive must not cross loops).
-_SEMAPHORES: PerLoop[dict[int, asyncio.Semaphore]] = PerLoop(dict)
 
 
 # ---------------------------------------------------------------------------- configuration
@@ -95,7 +95,8 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 def resolve_config(args: Any) -> dict[str, Any]:
     """``SEARCH_R1_CONFIGS`` with ``args.search_r1`` (from ``--custom-config-path``) merged over it.
 
-    Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name.
+    Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name, and
+    every key written in ``args.search_r1`` while ``args.use_wandb`` uploads ``args`` to W&B.
     """
     override = getattr(args, "search_r1", None) or {}
     if not isinstance(override, Mapping):
@@ -104,6 +105,8 @@ def resolve_config(args: Any) -> dict[str, Any]:
             f"got {type(override).__name__}: {override!r}"
         )
         raise ConfigError([problem])
+    if getattr(args, "use_wandb", False) and (problems := uploaded_secret_problems(override)):
+        raise ConfigError(problems)
     return SearchR1Config.checked(_merge(SEARCH_R1_CONFIGS, override)).model_dump()
 
 
@@ -125,13 +128,6 @@ def parse_action(turn_text: str) -> tuple[str | None, str]:
     return (match.group(1), match.group(2).strip()) if match else (None, "")
 
 
-def _search_semaphore(limit: int) -> asyncio.Semaphore:
-    semaphores = _SEMAPHORES.get()
-    if limit not in semaphores:
-        semaphores[limit] = asyncio.Semaphore(limit)
-    return semaphores[limit]
-
-
 async def search(query: str, config: Mapping[str, Any]) -> list[dict]:
     """Run one query on the configured backend; raises ``RequestFailed`` when it cannot."""
     if config["search_backend"] == "local":
@@ -144,18 +140,25 @@ async def search(query: str, config: Mapping[str, Any]) -> list[dict]:
 
 
 async def _information_body(query: str, config: Mapping[str, Any], metrics: dict[str, Any]) -> str:
+    if not query:  # parse_action stripped it: blank
+        metrics["empty_queries"] += 1
+        return EMPTY_QUERY_TEXT
     metrics["searches"] += 1
-    started = time.monotonic()
+    slot = SearchSlot(config["search_concurrency"], config["search_slot_timeout"])
     try:
-        async with _search_semaphore(config["search_concurrency"]):
-            results = await search(query, config)
+        async with slot:
+            started = time.monotonic()
+            try:
+                results = await search(query, config)
+            finally:
+                metrics["search_latencies"].append(time.monotonic() - started)
     except RequestFailed as exc:
         metrics["search_failures"] += 1
+        metrics["search_slot_timeouts"] += int(isinstance(exc, SlotTimeout))
         logger.warning("search for %r failed; the model is told so: %s", query, exc)
         return SEARCH_FAILED_TEXT
     finally:
-        # What the trajectory waited, the wait for a search slot included.
-        metrics["search_latencies"].append(time.monotonic() - started)
+        metrics["search_slot_waits"].append(slot.waited)
     body = passages_to_string(results).strip()
     if not body:
         metrics["search_no_results"] += 1
@@ -247,6 +250,9 @@ def _new_metrics() -> dict[str, Any]:
         # Search-R1's action accounting: every finished model turn is an action.
         "actions": 0, "valid_actions": 0, "answered": False,
         "search_no_results": 0, "search_latencies": [],
+        # Blank <search> queries (answered with EMPTY_QUERY_TEXT, not searched), and the seconds
+        # each search waited for a search_concurrency slot (not part of its latency).
+        "empty_queries": 0, "search_slot_waits": [], "search_slot_timeouts": 0,
     }
 
 

@@ -7,13 +7,16 @@ Result pages can be read for context, as upstream did.
 format, ``[{"document": {"contents": '"title"\\ncontext'}}, ...]``:
 
 * ``snippet_only=True``: the context is the result's snippet;
-* ``snippet_only=False``: every result page is fetched at once (per-page timeout, size cap),
-  decoded (declared charset, else detected with chardet), turned into text paragraphs, and the
-  paragraphs that contain a piece of the snippet are kept. A page that fails or matches nothing
-  falls back to the snippet; it never fails the search.
+* ``snippet_only=False``: every result page is fetched at once (per-page timeout, size cap,
+  at most five redirects), decoded (declared charset, else detected with chardet) and turned into
+  text paragraphs in a worker thread, so that parsing never stalls the event loop the other
+  trajectories run on, and the paragraphs that contain a piece of the snippet are kept. Pages on
+  loopback, private, link-local or other non-public addresses are not fetched, redirects included
+  (``search_r1_slime.public_web``), unless ``allow_private_pages``. A page that fails, is refused
+  or matches nothing falls back to the snippet; it never fails the search.
 
-The API key comes from the argument (config ``google.api_key``) or the ``SERPER_API_KEY``
-environment variable; it is never logged nor put in an error message. Calls go through
+The API key comes from the argument (config ``google.api_key``), the file ``api_key_file`` or the
+``SERPER_API_KEY`` environment variable; it is never logged nor put in an error message. Calls go through
 ``http_client.request_json`` (shared session; retries of refused or dropped connections,
 timeouts, 429 and 5xx until ``timeout``, with the callers of one event loop sharing what they
 learn about serper.dev while it fails) and answers are shared and cached like the local
@@ -23,23 +26,35 @@ backend's (``search_cache``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
 
-import aiohttp
 import chardet
+from yarl import URL
 
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
-from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
-from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, secret_or_env
+from search_r1_slime.public_web import host_problem
+from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
+from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, resolve_secret
 
 logger = logging.getLogger(__name__)
 
-# chardet is pure Python and runs on the event loop; a prefix is plenty to tell encodings apart.
+# chardet is pure Python (it runs in the parsing thread); a prefix is plenty to tell encodings apart.
 _DETECT_BYTES = 64 * 1024
+_MAX_REDIRECTS = 5
+# One thread per event loop parses its pages in turn. Parsing is pure Python, so more threads
+# would not parse faster (the GIL), only take the GIL from the event loop more often: reading five
+# ~780 KB pages at once stalled the loop 190-460 ms with a thread per page, 40-120 ms with one
+# thread, 730-830 ms parsing on the loop (bench/page_parsing.py, 7 runs on a busy 2-core machine).
+# Made per loop, like every asyncio companion here, so that none outlives its loop or a fork.
+_PARSERS: PerLoop[concurrent.futures.Executor] = PerLoop(
+    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser")
+)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"
 
 _CACHE: PerLoop[SearchCache] = PerLoop(SearchCache)
@@ -65,7 +80,7 @@ async def google_search(
     other keys of ``search_r1.google`` (``search_r1_slime.settings.GoogleSettings``: defaults and
     ranges), checked like the configuration (``ConfigError`` names a bad one). Raises
     ``ValueError`` when no API key is configured, ``http_client.RequestFailed`` when serper.dev
-    does not answer properly in time.
+    does not answer properly in time, or at once for a blank query (never sent: it would be paid for).
     """
     config = SearchR1Config.checked(
         {
@@ -75,11 +90,12 @@ async def google_search(
         }
     )
     google = config.google
-    key = secret_or_env(google.api_key, SERPER_API_KEY_ENV)
+    refuse_blank(query)
+    key = resolve_secret(google.api_key, google.api_key_file, SERPER_API_KEY_ENV)
     if key is None:
         raise ValueError(
-            f"no serper.dev API key: set google.api_key in SEARCH_R1_CONFIGS (or under search_r1: google: "
-            f"api_key: in the YAML given to --custom-config-path), or export {SERPER_API_KEY_ENV}"
+            f"no serper.dev API key: set google.api_key_file (the path of a file holding the key) or google.api_key "
+            f"under search_r1: in the YAML given to --custom-config-path (or in SEARCH_R1_CONFIGS), or export {SERPER_API_KEY_ENV}"
         )
     plan = _Settings(
         endpoint=google.endpoint,
@@ -88,6 +104,7 @@ async def google_search(
         policy=RetryPolicy(max_attempts=google.max_attempts, deadline_s=timeout, attempt_timeout_s=google.attempt_timeout),
         page_timeout=None if google.snippet_only else google.page_timeout,
         page_max_bytes=google.page_max_bytes,
+        allow_private_pages=google.allow_private_pages,
     )
 
     async def run() -> list[dict]:
@@ -109,6 +126,7 @@ class _Settings:
     policy: RetryPolicy
     page_timeout: float | None  # None: snippets only, no page fetching
     page_max_bytes: int
+    allow_private_pages: bool
 
 
 async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list[dict]:
@@ -137,7 +155,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
     if settings.page_timeout is not None and items and remaining > 0:
         page_timeout = min(settings.page_timeout, remaining)
         texts = await asyncio.gather(
-            *(_fetch_page_text(str(item.get("link") or ""), page_timeout, settings.page_max_bytes, extra) for item in items)
+            *(_page_text(str(item.get("link") or ""), page_timeout, settings, extra) for item in items)
         )
         contexts = [
             (collect_context(str(item.get("snippet") or ""), text) if text else "") or snippet
@@ -177,26 +195,50 @@ def collect_context(snippet: str, page_text: str) -> str:
     return "\n".join(paragraphs)
 
 
-async def _fetch_page_text(url: str, timeout: float, max_bytes: int, extra: dict[str, Any]) -> str:
-    """The text of one result page, or "" when it cannot be had (never raises)."""
-    if not url.startswith(("http://", "https://")):
-        return ""
+async def _page_text(url: str, timeout: float, settings: _Settings, extra: dict[str, Any]) -> str:
+    """The text of one result page, or "" when it cannot or may not be had (never raises)."""
     try:
-        async with shared_session().get(
-            url, timeout=aiohttp.ClientTimeout(total=timeout), headers={"User-Agent": _USER_AGENT}, **extra
-        ) as resp:
-            if resp.status != 200 or not _is_text(resp.content_type):
-                logger.debug("page %s skipped: HTTP %d, %s", url, resp.status, resp.content_type)
-                return ""
-            raw = bytearray()
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                raw += chunk
-                if len(raw) >= max_bytes:
-                    break
-            return html_to_text(decode_page(bytes(raw[:max_bytes]), resp.charset))
+        page = await asyncio.wait_for(_download(url, settings, extra), timeout)
+        if page is None:
+            return ""
+        # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), _text_of, *page)
     except Exception as exc:  # noqa: BLE001 - a page is optional: any failure means "no page"
         logger.debug("page %s skipped: %s", url, type(exc).__name__)
         return ""
+
+
+async def _download(url: str, settings: _Settings, extra: dict[str, Any]) -> tuple[bytes, str | None] | None:
+    """The first ``page_max_bytes`` of a text page and its declared charset, following redirects
+    (each checked like the link itself); None when the page is not to be had."""
+    # Through a proxy, the proxy connects (and resolves): only the per-hop check applies.
+    session = shared_session(public_only=not settings.allow_private_pages and "proxy" not in extra)
+    target = URL(url)
+    for _ in range(_MAX_REDIRECTS + 1):
+        if target.scheme not in ("http", "https") or not target.host:
+            return None
+        if not settings.allow_private_pages and (problem := await host_problem(target.host, target.port)) is not None:
+            logger.debug("page %s not fetched: %s", target, problem)
+            return None
+        async with session.get(target, allow_redirects=False, headers={"User-Agent": _USER_AGENT}, **extra) as resp:
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                target = resp.url.join(URL(resp.headers["Location"]))
+                continue
+            if resp.status != 200 or not _is_text(resp.content_type):
+                logger.debug("page %s skipped: HTTP %d, %s", target, resp.status, resp.content_type)
+                return None
+            raw = bytearray()
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                raw += chunk
+                if len(raw) >= settings.page_max_bytes:
+                    break
+            return bytes(raw[: settings.page_max_bytes]), resp.charset
+    logger.debug("page %s skipped: more than %d redirects", url, _MAX_REDIRECTS)
+    return None
+
+
+def _text_of(raw: bytes, charset: str | None) -> str:
+    return html_to_text(decode_page(raw, charset))
 
 
 def _is_text(content_type: str) -> bool:

@@ -12,6 +12,10 @@ served hundreds of tiny requests one by one. Here:
 * the remaining queries that arrive within ``batch_wait`` seconds of each other travel together
   in one ``/retrieve`` request of up to ``max_queries_per_request`` queries, and each caller gets
   exactly its own query's documents back;
+* one query's problem stays that query's: a blank query is never sent (``RequestFailed`` at once),
+  a query longer than ``max_query_chars`` is cut to it, and a request the server refuses as
+  invalid (422, or 413 too large) is sent again one query per request, so that only the query the
+  server refuses fails;
 * ``search_url`` may list several servers: requests are spread over them round robin, and a
   server that fails is skipped while the others answer;
 * every request goes through ``http_client.request_json``: retries of what a retry can fix
@@ -20,20 +24,25 @@ served hundreds of tiny requests one by one. Here:
   event loop share what they learn about a server, so while it is down only one request at a time
   probes it and the others wait for the outcome. When the deadline comes first, every caller of
   the request gets ``RequestFailed``, never an empty list;
-* with ``api_key`` (or ``RETRIEVAL_API_KEY`` in the environment) every request carries
-  ``Authorization: Bearer <key>``; the key is never logged.
+* with ``api_key`` (or ``api_key_file``, or ``RETRIEVAL_API_KEY`` in the environment) every request
+  carries ``Authorization: Bearer <key>``; the key is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json
-from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document
-from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config, secret_or_env
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, scrub
+from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
+from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config, resolve_secret
+
+# A request refused with one of these may hold a single query the server will not take; its
+# queries are sent again one per request so that the others still get their documents.
+_INVALID_REQUEST_STATUSES = (413, 422)
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,11 @@ class _Route:
     batch_wait: float
     max_queries_per_request: int
     api_key: str | None = field(default=None, repr=False)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What no message may show."""
+        return () if self.api_key is None else (self.api_key,)
 
 
 @dataclass
@@ -99,16 +113,18 @@ async def local_search(
     may take, retries and the batching wait included. ``settings``: the other keys of
     ``search_r1.local`` (``search_r1_slime.settings.LocalSettings``: defaults and ranges), checked
     like the configuration (``ConfigError`` names a bad one). Raises ``http_client.RequestFailed``
-    when no server answers properly in time.
+    when no server answers properly in time, or at once for a blank query.
     """
     config = SearchR1Config.checked(
         {"topk": top_k, "search_timeout": timeout, "local": {"search_url": search_url, "proxy": proxy, **settings}}
     )
     local = config.local
+    refuse_blank(query)
+    query = query[: local.max_query_chars]
     servers = (local.search_url,) if isinstance(local.search_url, str) else tuple(local.search_url)
     route = _Route(
         servers, top_k, timeout, local.proxy, local.max_attempts, local.attempt_timeout, local.batch_wait,
-        local.max_queries_per_request, secret_or_env(local.api_key, RETRIEVAL_API_KEY_ENV),
+        local.max_queries_per_request, resolve_secret(local.api_key, local.api_key_file, RETRIEVAL_API_KEY_ENV),
     )
     state = _STATE.get()
     coalescer = state.coalescers.get(route)
@@ -144,19 +160,23 @@ class _QueryCoalescer:
             self._timer.cancel()
             self._timer = None
         batch, self._pending = self._pending, []
-        task = asyncio.ensure_future(self._send(batch))
+        # The batching wait came out of the searches' time.
+        deadline = time.monotonic() + self._route.timeout - self._route.batch_wait
+        task = asyncio.ensure_future(self._send(batch, deadline))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[str, asyncio.Future[list[dict]]]]) -> None:
+    async def _send(self, batch: list[tuple[str, asyncio.Future[list[dict]]]], deadline: float) -> None:
         # Every future of the batch is settled whatever happens, so no caller can hang on it.
         try:
-            results = await _retrieve(self._route, [query for query, _ in batch], self._state)
+            results = await _retrieve(self._route, [query for query, _ in batch], self._state, deadline)
+        except RequestFailed as exc:
+            if len(batch) > 1 and exc.status in _INVALID_REQUEST_STATUSES:
+                await asyncio.gather(*(self._send([item], deadline) for item in batch))
+                return
+            _fail(batch, exc)
         except BaseException as exc:
-            failure = exc if isinstance(exc, RequestFailed) else RequestFailed(f"local search failed: {exc!r}")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(RequestFailed(str(failure), status=failure.status))
+            _fail(batch, RequestFailed(f"local search failed: {type(exc).__name__}: {scrub(str(exc), self._route.secrets)}"))
             if not isinstance(exc, Exception):
                 raise
         else:
@@ -165,29 +185,35 @@ class _QueryCoalescer:
                     future.set_result(documents)
 
 
-async def _retrieve(route: _Route, queries: list[str], state: _LoopState) -> list[list[dict]]:
-    """Send one request, failing over between servers; return one document list per query."""
+def _fail(batch: list[tuple[str, asyncio.Future[list[dict]]]], failure: RequestFailed) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(RequestFailed(str(failure), status=failure.status))
+
+
+async def _retrieve(route: _Route, queries: list[str], state: _LoopState, deadline: float) -> list[list[dict]]:
+    """Send one request before ``deadline`` (monotonic), failing over between servers; return one
+    document list per query."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise RequestFailed("retrieve: no time was left for this request")
     state.batches += 1
     # return_scores=True on purpose: upstream's server unpacks a two-query answer without scores
     # as (results, scores) and returns garbage (docs/protocols.md, "The retrieval API"); the scored shape is always right.
     payload = {"queries": queries, "topk": route.top_k, "return_scores": True}
-    # The batching wait came out of the search's time.
-    policy = RetryPolicy(
-        max_attempts=route.max_attempts, deadline_s=route.timeout - route.batch_wait, attempt_timeout_s=route.attempt_timeout
-    )
+    policy = RetryPolicy(max_attempts=route.max_attempts, deadline_s=left, attempt_timeout_s=route.attempt_timeout)
     headers = {} if route.api_key is None else {"Authorization": f"Bearer {route.api_key}"}
-    secrets = () if route.api_key is None else (route.api_key,)
     try:
         body = await request_json(
             "POST", state.servers_in_order(route.servers), json=payload, headers=headers, policy=policy,
-            what="retrieve", redact=secrets, shared_health=True, on_attempt=state.count_attempt,
+            what="retrieve", redact=route.secrets, shared_health=True, on_attempt=state.count_attempt,
             **proxy_kwargs(route.proxy),
         )
     except RequestFailed as exc:
         if exc.status in (401, 403):
             raise RequestFailed(
                 f"{exc}; the retrieval server wants the token of its --api_key: set search_r1.local.api_key "
-                f"or export {RETRIEVAL_API_KEY_ENV}",
+                f"or export {RETRIEVAL_API_KEY_ENV}, or point search_r1.local.api_key_file at a file holding it",
                 status=exc.status,
             ) from None
         if len(route.servers) > 1 and (exc.status is None or exc.status == 429 or exc.status >= 500):

@@ -19,6 +19,8 @@
 #   RAY_DASHBOARD_PORT  Ray dashboard / job API port                     8265
 #   RAY_START_TIMEOUT   seconds to wait for a Ray head this script starts 120
 #   DRY_RUN=1           run the checks, print the command, start and stop nothing
+#   RETRIEVAL_API_KEY, SERPER_API_KEY
+#                       search keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
 #
 # Unlike upstream this script kills nothing it did not start: no `pkill -9 python` (which would
 # also end your retrieval server). If a Ray cluster already answers on RAY_DASHBOARD_PORT the job
@@ -95,24 +97,6 @@ elif ((EVAL_PER_SOURCE > 0)); then
       --eval-temperature 0
       --custom-eval-rollout-log-function-path search_r1_slime.rollout_metrics.log_eval_rollout_data
    )
-fi
-if [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
-   problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} does not exist; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
-else
-   # The plugin's own defaults plus the YAML decide the backend: the local retriever must answer
-   # /health, Google needs a serper.dev key. search_r1_slime.preflight prints one problem per line.
-   SEARCH_PREFLIGHT=(python3 -m search_r1_slime.preflight)
-   if [[ -n "${SEARCH_R1_CONFIG}" ]]; then
-      SEARCH_PREFLIGHT+=(--config "${SEARCH_R1_CONFIG}")
-   fi
-   if ! search_report="$(PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${SEARCH_PREFLIGHT[@]}" 2>&1)"; then
-      while IFS= read -r line; do
-         [[ -n "${line}" ]] && problem "${line}"
-      done <<<"${search_report}"
-   fi
-fi
-if ! command -v ray >/dev/null 2>&1; then
-   problem "ray is not on PATH: install slime's requirements (pip install ray[default]) in this environment."
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -247,22 +231,62 @@ TRAIN_ARGS=(
 )
 
 config_paths=0
+use_wandb=0
 for arg in "${TRAIN_ARGS[@]}"; do
    [[ "${arg}" == "--custom-config-path" ]] && config_paths=$((config_paths + 1))
+   [[ "${arg}" == "--use-wandb" ]] && use_wandb=1
 done
+if [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
+   problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} does not exist; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
+else
+   # The plugin's own defaults plus the YAML decide the backend: the local retriever must answer
+   # /health, Google needs a serper.dev key. search_r1_slime.preflight prints one problem per line.
+   SEARCH_PREFLIGHT=(python3 -m search_r1_slime.preflight)
+   if [[ -n "${SEARCH_R1_CONFIG}" ]]; then
+      SEARCH_PREFLIGHT+=(--config "${SEARCH_R1_CONFIG}")
+   fi
+   # slime uploads its args, the YAML's search_r1 mapping included, to W&B: no key may be written there.
+   if ((use_wandb)); then
+      SEARCH_PREFLIGHT+=(--use-wandb)
+   fi
+   if ! search_report="$(PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${SEARCH_PREFLIGHT[@]}" 2>&1)"; then
+      while IFS= read -r line; do
+         [[ -n "${line}" ]] && problem "${line}"
+      done <<<"${search_report}"
+   fi
+fi
+if ! command -v ray >/dev/null 2>&1; then
+   problem "ray is not on PATH: install slime's requirements (pip install ray[default]) in this environment."
+fi
+
 if ((config_paths > 1)); then
    problem "--custom-config-path is given ${config_paths} times but slime keeps only the last one: merge the YAML files into one (README, 'TIS') and pass it once."
 fi
 
-# This folder (the plugin), slime (for examples.* hooks such as TIS) and Megatron on the
-# PYTHONPATH of every Ray worker.
-RUNTIME_ENV_JSON="$(python3 -c 'import json, sys; print(json.dumps({"env_vars": {"PYTHONPATH": sys.argv[1], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}}))' "${MEGATRON_DIR}:${SCRIPT_DIR}:${SLIME_DIR}")"
+# The environment of every Ray worker: this folder (the plugin), slime (for examples.* hooks such
+# as TIS) and Megatron on the PYTHONPATH, and the search keys of this shell (RETRIEVAL_API_KEY,
+# SERPER_API_KEY), which a worker on another node or in an already running cluster would not
+# have otherwise. Ray reads it from a file only this user can read (mktemp's mode 0600), never
+# from the command line, which `ps` shows to everyone; DRY_RUN prints it with the keys redacted.
+runtime_env() {
+   python3 -c '
+import json, os, sys
+env_vars = {"PYTHONPATH": sys.argv[1], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
+for key in ("RETRIEVAL_API_KEY", "SERPER_API_KEY"):
+    if os.environ.get(key):
+        env_vars[key] = "<redacted>" if sys.argv[2] == "redacted" else os.environ[key]
+print(json.dumps({"env_vars": env_vars}))
+' "${MEGATRON_DIR}:${SCRIPT_DIR}:${SLIME_DIR}" "$1"
+}
+RUNTIME_ENV_FILE="${TMPDIR:-/tmp}/search_r1_runtime_env.XXXXXX"  # made by mktemp at launch
 RAY_JOB_ADDRESS="http://127.0.0.1:${RAY_DASHBOARD_PORT}"
-SUBMIT=(
-   ray job submit --address="${RAY_JOB_ADDRESS}"
-   --runtime-env-json="${RUNTIME_ENV_JSON}"
-   -- python3 "${SLIME_DIR}/train.py" "${TRAIN_ARGS[@]}"
-)
+submit_command() {
+   SUBMIT=(
+      ray job submit --address="${RAY_JOB_ADDRESS}"
+      --runtime-env="${RUNTIME_ENV_FILE}"
+      -- python3 "${SLIME_DIR}/train.py" "${TRAIN_ARGS[@]}"
+   )
+}
 
 # Any HTTP answer from the dashboard means a Ray cluster is there.
 ray_dashboard_up() {
@@ -286,7 +310,9 @@ if [[ "${DRY_RUN}" == "1" ]]; then
    else
       echo "DRY_RUN: would start a Ray head (ray start --head --node-ip-address ${MASTER_ADDR} --num-gpus ${NUM_GPUS} --dashboard-port ${RAY_DASHBOARD_PORT}) and stop it on exit."
    fi
+   echo "DRY_RUN: the Ray workers' environment (written at launch to a file only you can read): $(runtime_env redacted)"
    echo "DRY_RUN: would run:"
+   submit_command
    printf '%q ' "${SUBMIT[@]}"
    echo
    exit 0
@@ -305,9 +331,13 @@ fi
 # ---------------------------------------------------------------------------------------------
 RAY_HEAD_PID=""
 SUBMIT_PID=""
+RUNTIME_ENV_MADE=""
 cleanup() {
    # A second Ctrl-C must not cut the teardown short and leave a half-stopped head behind.
    trap '' INT TERM
+   if [[ -n "${RUNTIME_ENV_MADE}" ]]; then
+      rm -f "${RUNTIME_ENV_FILE}"
+   fi
    if [[ -n "${SUBMIT_PID}" ]] && kill -0 "${SUBMIT_PID}" 2>/dev/null; then
       kill -TERM "${SUBMIT_PID}" 2>/dev/null || true
       if [[ -z "${RAY_HEAD_PID}" ]]; then
@@ -354,6 +384,10 @@ else
    done
 fi
 
+RUNTIME_ENV_FILE="$(mktemp "${RUNTIME_ENV_FILE}")"
+RUNTIME_ENV_MADE=1
+runtime_env real >"${RUNTIME_ENV_FILE}"
+submit_command
 # In the background so that a signal reaches the traps at once instead of after the job ends.
 "${SUBMIT[@]}" &
 SUBMIT_PID=$!

@@ -14,12 +14,16 @@
   server that is down or restarting sees one request per backoff step, not one per waiting search.
   Anything that cannot succeed fails with ``RequestFailed``, whose message says what went wrong.
   Messages quote response bodies but never request headers, and the strings passed as ``redact``
-  (API keys, tokens) are scrubbed even from an echoing server's body.
+  (API keys, tokens) are scrubbed even from an echoing server's body: ``scrub`` runs on every
+  outside text as it comes in, before anything parses, cuts or quotes it, so no escaped copy or
+  prefix of a secret can survive.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import itertools
 import json
 import logging
@@ -31,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import aiohttp
+
+from search_r1_slime.public_web import PublicOnlyResolver
 
 logger = logging.getLogger(__name__)
 
@@ -58,28 +64,33 @@ class PerLoop(Generic[T]):
         return self._items.pop(asyncio.get_running_loop(), None)
 
 
-def _new_session() -> aiohttp.ClientSession:
+def _new_session(public_only: bool) -> aiohttp.ClientSession:
     # limit=0: concurrency is bounded by the callers' semaphores, not by the pool.
     # trust_env=False: proxies are explicit per request (the configs' "proxy" keys).
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), trust_env=False)
+    resolver = PublicOnlyResolver() if public_only else None
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, resolver=resolver), trust_env=False)
 
 
-_SESSIONS: PerLoop[aiohttp.ClientSession] = PerLoop(_new_session)
+# Per event loop: public_only -> its session.
+_SESSIONS: PerLoop[dict[bool, aiohttp.ClientSession]] = PerLoop(dict)
 
 
-def shared_session() -> aiohttp.ClientSession:
-    """Return the session of the running event loop, creating it on first use."""
-    session = _SESSIONS.get()
-    if session.closed:
-        _SESSIONS.pop()
-        session = _SESSIONS.get()
+def shared_session(public_only: bool = False) -> aiohttp.ClientSession:
+    """Return the session of the running event loop, creating it on first use.
+
+    ``public_only``: the session for URLs chosen by someone else (web pages), which connects only
+    to public addresses (``search_r1_slime.public_web``).
+    """
+    sessions = _SESSIONS.get()
+    session = sessions.get(public_only)
+    if session is None or session.closed:
+        session = sessions[public_only] = _new_session(public_only)
     return session
 
 
 async def close_shared_session() -> None:
-    """Close the running loop's session (scripts and tests call this before their loop ends)."""
-    session = _SESSIONS.pop()
-    if session is not None:
+    """Close the running loop's sessions (scripts and tests call this before their loop ends)."""
+    for session in (_SESSIONS.pop() or {}).values():
         await session.close()
 
 
@@ -144,18 +155,34 @@ class _Retryable(Exception):
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
-    # Only the delta-seconds form; an HTTP-date falls back to our own backoff.
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
+    """Seconds a ``Retry-After`` header asks for, in either of its forms (RFC 9110, 10.2.3):
+    delta-seconds or an HTTP-date; None when absent or unreadable (our own backoff applies)."""
+    if value is None:
         return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is always GMT; a zone-less one is read as such
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
-def _scrub(message: str, redact: Collection[str]) -> str:
-    for secret in redact:
+def scrub(text: str, secrets: Collection[str]) -> str:
+    """``text`` with every secret replaced by ``<redacted>``, as written and as a JSON string
+    would carry it (a server echoing a header in a JSON error escapes its quotes and backslashes).
+    Call it on outside text before anything formats or cuts it."""
+    for secret in secrets:
         if secret:
-            message = message.replace(secret, "<redacted>")
-    return message
+            for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])):
+                text = text.replace(form, "<redacted>")
+    return text
+
+
 
 
 class _Circuit:
@@ -268,12 +295,15 @@ class _Health:
 _SHARED_HEALTH: PerLoop[_Health] = PerLoop(_Health)
 
 
-async def _attempt(method: str, url: str, timeout_s: float | None, policy: RetryPolicy, kwargs: dict[str, Any]) -> Any:
+async def _attempt(
+    method: str, url: str, timeout_s: float | None, policy: RetryPolicy, redact: Collection[str], kwargs: dict[str, Any]
+) -> Any:
     session = shared_session()
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with session.request(method, url, timeout=timeout, **kwargs) as resp:
-            body = await resp.text(errors="replace")
+            # Scrubbed as it arrives: every message, excerpt and value below comes from the clean text.
+            body = scrub(await resp.text(errors="replace"), redact)
             if resp.status >= 400:
                 message = f"HTTP {resp.status}: {body[:_BODY_EXCERPT_CHARS]!r}"
                 if policy.retries_status(resp.status):
@@ -281,9 +311,9 @@ async def _attempt(method: str, url: str, timeout_s: float | None, policy: Retry
                     raise _Retryable(message, status=resp.status, retry_after_s=retry_after)
                 raise RequestFailed(message, status=resp.status)
     except aiohttp.ClientConnectorError as exc:  # nothing was sent: always safe to retry
-        raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
+        raise _Retryable(f"{type(exc).__name__}: {scrub(str(exc), redact)}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
-        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        message = f"{type(exc).__name__}: {scrub(str(exc), redact)}" if str(exc) else type(exc).__name__
         if not policy.retry_after_send:
             raise RequestFailed(message) from exc
         raise _Retryable(message) from exc
@@ -337,17 +367,14 @@ async def request_json(
         if on_attempt is not None:
             on_attempt(target)
         try:
-            body = await _attempt(method, target, timeout_s, policy, kwargs)
+            body = await _attempt(method, target, timeout_s, policy, redact, kwargs)
         except RequestFailed as exc:
             health.record(target, probe, None, policy)  # the server answered: it is up
-            raise RequestFailed(_scrub(str(exc), redact), status=exc.status) from None
+            raise RequestFailed(str(exc), status=exc.status) from None
         except _Retryable as exc:
             last = exc
             health.record(target, probe, exc, policy)
-            logger.warning(
-                "[%s #%d] attempt %d to %s failed (%s); retrying while time is left",
-                what, request_id, attempts, target, _scrub(str(exc), redact),
-            )
+            logger.warning("[%s #%d] attempt %d to %s failed (%s); retrying while time is left", what, request_id, attempts, target, exc)
             continue
         except BaseException:
             if probe:  # cancelled mid-probe: the others must not wait for an outcome that never comes
@@ -363,6 +390,6 @@ async def request_json(
         where, reasons = urls[0], str(last) if last is not None else "no attempt fitted in the deadline"
     else:
         where, reasons = f"{len(urls)} servers", " | ".join(f"{u}: {e}" for u, e in known.items())
-    message = _scrub(f"{what} to {where} failed after {attempts} attempt(s) in {elapsed:.1f}s: {reasons}", redact)
+    message = f"{what} to {where} failed after {attempts} attempt(s) in {elapsed:.1f}s: {reasons}"
     logger.warning("[%s #%d] %s", what, request_id, message)
     raise RequestFailed(message, status=None if last is None else last.status)

@@ -1,6 +1,6 @@
 """Is the search backend the rollouts will use ready? Checked before hours of GPU time are spent.
 
-``run_qwen2.5_3B.sh`` runs ``python3 -m search_r1_slime.preflight [--config FILE.yaml]`` (also installed
+``run_qwen2.5_3B.sh`` runs ``python3 -m search_r1_slime.preflight [--config FILE.yaml] [--use-wandb]`` (also installed
 as ``search-r1-preflight``) and the evaluation
 calls ``search_problems()``. Both see the settings the plugin will use, resolved by the plugin's
 own ``resolve_config``: ``SEARCH_R1_CONFIGS`` with the YAML's ``search_r1:`` mapping (slime's
@@ -70,22 +70,25 @@ def _health_problem(search_url: str, timeout_s: float) -> str | None:
         )
 
 
-def search_problems(overrides: Any, timeout_s: float = 5.0) -> list[str]:
-    """What stands between the plugin and a working search backend; [] when nothing does."""
+def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = False) -> list[str]:
+    """What stands between the plugin and a working search backend; [] when nothing does.
+
+    ``use_wandb``: slime will upload its args to W&B, so no key may be written in ``overrides``.
+    """
     from generate_with_search import ConfigError, resolve_config
 
     try:
-        config = resolve_config(SimpleNamespace(search_r1=overrides))
+        config = resolve_config(SimpleNamespace(search_r1=overrides, use_wandb=use_wandb))
     except ConfigError as exc:
         return exc.problems
     if config["search_backend"] == "google":
-        from search_r1_slime.settings import SERPER_API_KEY_ENV, secret_or_env
+        from search_r1_slime.settings import SERPER_API_KEY_ENV, resolve_secret
 
-        if secret_or_env(config["google"]["api_key"], SERPER_API_KEY_ENV) is not None:
+        if resolve_secret(config["google"]["api_key"], config["google"]["api_key_file"], SERPER_API_KEY_ENV) is not None:
             return []
         return [
             "search_backend is 'google' but no serper.dev key is set: export SERPER_API_KEY=... "
-            "(or set search_r1.google.api_key in your --custom-config-path YAML)"
+            "(or set search_r1.google.api_key_file, a file holding the key, in your --custom-config-path YAML)"
         ]
     urls = config["local"]["search_url"]
     urls = [urls] if isinstance(urls, str) else urls
@@ -96,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="slime --custom-config-path YAML with a search_r1: mapping")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each /health")
+    parser.add_argument("--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb): refuse keys written in the YAML")
     args = parser.parse_args(argv)
     try:
-        problems = search_problems(load_search_overrides(args.config), args.timeout)
+        problems = search_problems(load_search_overrides(args.config), args.timeout, args.use_wandb)
     except (OSError, ValueError, ImportError) as exc:
         problems = [f"cannot read the search configuration: {exc}"]
     for problem in problems:

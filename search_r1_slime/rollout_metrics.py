@@ -86,10 +86,15 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
     _ratio(metrics, "no_result_ratio", sum(t["search_no_results"] for t in traces), total_searches)
     # Every round appends one observation: passages, "Search failed", or the invalid-action message.
     _ratio(metrics, "obs_truncated_ratio", sum(t["obs_truncated"] for t in traces), sum(t["turns"] for t in traces))
-    latencies = [latency for t in traces for latency in t["search_latencies"]]
-    if latencies:
-        metrics["search_latency/p50"] = float(np.percentile(latencies, 50))
-        metrics["search_latency/p99"] = float(np.percentile(latencies, 99))
+    _ratio(metrics, "slot_timeout_ratio", sum(t["search_slot_timeouts"] for t in traces), total_searches)
+    # A blank query is a search action that was not searched.
+    empty = sum(t["empty_queries"] for t in traces)
+    _ratio(metrics, "empty_query_ratio", empty, total_searches + empty)
+    for name, key in (("search_latency", "search_latencies"), ("search_slot_wait", "search_slot_waits")):
+        seconds = [value for t in traces for value in t[key]]
+        if seconds:
+            metrics[f"{name}/p50"] = float(np.percentile(seconds, 50))
+            metrics[f"{name}/p99"] = float(np.percentile(seconds, 99))
     window = _client_window(traces) if client else None
     if window is not None:
         queries = window["sent"] + window["cache_hits"] + window["in_flight_hits"]

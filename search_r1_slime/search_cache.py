@@ -21,6 +21,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
+from search_r1_slime.http_client import RequestFailed
+
 # Upstream's stand-ins for a passage without a title or without text.
 NO_TITLE = "No title."
 NO_SNIPPET = "No snippet available."
@@ -29,6 +31,13 @@ NO_SNIPPET = "No snippet available."
 def document(title: str, text: str) -> dict:
     """One result in Search-R1's format: ``{"document": {"contents": '"title"\\ntext'}}``."""
     return {"document": {"contents": f'"{title or NO_TITLE}"\n{text or NO_SNIPPET}'}}
+
+
+def refuse_blank(query: str) -> None:
+    """Raise ``RequestFailed`` for a query without text (what ``str.strip`` removes is all there
+    is): no backend can answer it and a strict server would refuse it, so it is never sent."""
+    if not query.strip():
+        raise RequestFailed("the query is empty or blank; it was not sent")
 
 
 def cache_key(backend: str, source: Hashable, query: str, top_k: int) -> tuple:

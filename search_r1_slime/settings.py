@@ -25,10 +25,35 @@ RETRIEVAL_API_KEY_ENV = "RETRIEVAL_API_KEY"
 SERPER_API_KEY_ENV = "SERPER_API_KEY"
 
 
-def secret_or_env(configured: str | None, env: str) -> str | None:
-    """The secret to use: the configured one, else the environment variable ``env``; None when
-    neither is set (an empty variable counts as unset)."""
-    return configured or os.environ.get(env) or None
+def resolve_secret(configured: str | None, path: str | None, env: str) -> str | None:
+    """The secret to use: the configured one, else the contents of the file ``path`` (surrounding
+    whitespace dropped), else the environment variable ``env``; None when none is set (an empty
+    variable counts as unset). Only the first two come from ``args``, which slime uploads to W&B."""
+    if configured:
+        return configured
+    if path:
+        return _read_secret_file(path) or None
+    return os.environ.get(env) or None
+
+
+def _read_secret_file(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def uploaded_secret_problems(override: Mapping[str, Any]) -> list[str]:
+    """The keys written literally in ``args.search_r1``: with ``--use-wandb`` slime uploads its
+    ``args`` as the W&B run's config, so such a key would leave the machine."""
+    problems = []
+    for section, env in (("local", RETRIEVAL_API_KEY_ENV), ("google", SERPER_API_KEY_ENV)):
+        values = override.get(section)
+        if isinstance(values, Mapping) and values.get("api_key"):
+            problems.append(
+                f"search_r1.{section}.api_key is written in the --custom-config-path YAML while W&B is on "
+                f"(--use-wandb), and slime uploads its args, this key included, as the run's W&B config: put the "
+                f"key in a file and set search_r1.{section}.api_key_file to its path, or export {env}, instead"
+            )
+    return problems
 
 
 class ConfigError(ValueError):
@@ -76,10 +101,31 @@ def _optional_secret(value: Any) -> str | None:
     raise ValueError(f"must be None or a non-empty string (got {type(value).__name__}, value not shown)")
 
 
+def _optional_secret_file(value: Any) -> str | None:
+    # Neither the value nor the file's contents is ever quoted: a key put here by mistake, in place
+    # of its file's path, must not end up in a log.
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be None or the path of a file holding the key (got {type(value).__name__}, value not shown)")
+    try:
+        secret = _read_secret_file(value)
+    except UnicodeDecodeError:
+        reason = "the file is not UTF-8 text"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    else:
+        if secret:
+            return value
+        reason = "the file is empty"
+    raise ValueError(f"cannot be read as a key file ({reason}; the path is not shown, in case it is a key)")
+
+
 SearchUrls = Annotated[str | list[str], PlainValidator(_search_urls)]
 Url = Annotated[str, PlainValidator(_url)]
 Proxy = Annotated[str | None, PlainValidator(_optional_proxy)]
 Secret = Annotated[str | None, PlainValidator(_optional_secret)]
+SecretFile = Annotated[str | None, PlainValidator(_optional_secret_file)]
 
 
 class _Section(BaseModel):
@@ -87,7 +133,17 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class LocalSettings(_Section):
+class _KeyedSection(_Section):
+    """A backend section with ``api_key`` and ``api_key_file``: at most one of them."""
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> _KeyedSection:
+        if self.api_key is not None and self.api_key_file is not None:
+            raise ValueError("must set api_key or api_key_file, not both")
+        return self
+
+
+class LocalSettings(_KeyedSection):
     """``search_r1.local``: the client of the local retrieval server (``local_search_server``)."""
 
     search_url: SearchUrls = "http://127.0.0.1:8000/retrieve"  # or a list of servers
@@ -98,13 +154,18 @@ class LocalSettings(_Section):
     cache_size: int = Field(10_000, ge=0)
     max_attempts: int | None = Field(None, ge=1)  # None: retry until search_timeout
     attempt_timeout: float = Field(10.0, gt=0)
-    api_key: Secret = None  # None: RETRIEVAL_API_KEY from the environment, if set
+    # A longer query is cut to this many characters before it is sent (our server's
+    # --max_query_chars default; the encoder reads only its first max_length tokens anyway).
+    max_query_chars: int = Field(4096, ge=1)
+    api_key: Secret = None  # None: api_key_file, else RETRIEVAL_API_KEY from the environment
+    api_key_file: SecretFile = None  # a file holding the token: keeps it out of slime's args (W&B)
 
 
-class GoogleSettings(_Section):
+class GoogleSettings(_KeyedSection):
     """``search_r1.google``: the serper.dev client (``google_search_server``)."""
 
-    api_key: Secret = None  # None: SERPER_API_KEY from the environment
+    api_key: Secret = None  # None: api_key_file, else SERPER_API_KEY from the environment
+    api_key_file: SecretFile = None  # a file holding the key: keeps it out of slime's args (W&B)
     snippet_only: bool = True
     proxy: Proxy = None
     endpoint: Url = "https://google.serper.dev/search"
@@ -114,6 +175,8 @@ class GoogleSettings(_Section):
     attempt_timeout: float = Field(10.0, gt=0)
     page_timeout: float = Field(5.0, gt=0)
     page_max_bytes: int = Field(1_000_000, ge=1)
+    # Fetch result pages on loopback, private, link-local and other non-public addresses too.
+    allow_private_pages: bool = False
 
 
 class SearchR1Config(_Section):
@@ -125,7 +188,10 @@ class SearchR1Config(_Section):
     max_obs_tokens: int = Field(500, ge=1)  # cap on one observation, in tokens (Search-R1's max_obs_length)
     # ---- search ----
     search_concurrency: int = Field(256, ge=1)  # searches in flight at once, per event loop
-    search_timeout: float = Field(30.0, gt=0)  # seconds one search may take, retries included
+    # Seconds one search may take once it holds a search_concurrency slot, retries included.
+    search_timeout: float = Field(30.0, gt=0)
+    # Seconds a search may wait for a slot; past it, it fails without being sent.
+    search_slot_timeout: float = Field(300.0, gt=0)
     search_backend: Literal["local", "google"] = "local"
     local: LocalSettings = Field(default_factory=LocalSettings)
     google: GoogleSettings = Field(default_factory=GoogleSettings)

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-import generate_with_search
 from generate_with_search import SEARCH_R1_CONFIGS, ConfigError, generate, load_tokenizer, resolve_config, search
 from search_r1_slime.preflight import search_problems
+from search_r1_slime.search_slots import SearchSlot
 from search_r1_slime.settings import LocalSettings, known_keys
 from tests.fakes.sample import NewSample
 from tests.fakes.sglang import FakeSGLang, Turn
@@ -26,6 +26,7 @@ def test_defaults_keep_upstreams_keys_and_values():
         "max_obs_tokens": 500,
         "search_concurrency": 256,
         "search_timeout": 30,
+        "search_slot_timeout": 300,
         "search_backend": "local",
         "return_logprob": True,
         "format_score": 0.2,
@@ -164,10 +165,8 @@ def test_search_concurrency_works_in_successive_event_loops():
     # A semaphore made at import (upstream) binds to the first loop that waits on it and breaks
     # in the next one; ours is made per running loop.
     async def contend():
-        semaphore = generate_with_search._search_semaphore(1)
-
         async def hold():
-            async with semaphore:
+            async with SearchSlot(1, timeout=5):
                 await asyncio.sleep(0.01)
 
         await asyncio.gather(hold(), hold())

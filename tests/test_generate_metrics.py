@@ -59,6 +59,9 @@ async def test_the_hook_reads_what_real_trajectories_recorded(world):
     latencies = [s.metadata["search_r1"]["search_latencies"][0] for s in samples]
     assert metrics.pop("search_r1/search_latency/p50") == pytest.approx(sum(latencies) / 2)
     assert metrics.pop("search_r1/search_latency/p99") == pytest.approx(min(latencies) + 0.99 * abs(latencies[1] - latencies[0]))
+    waits = [s.metadata["search_r1"]["search_slot_waits"][0] for s in samples]
+    assert metrics.pop("search_r1/search_slot_wait/p50") == pytest.approx(sum(waits) / 2)
+    assert metrics.pop("search_r1/search_slot_wait/p99") == pytest.approx(min(waits) + 0.99 * abs(waits[1] - waits[0]))
     assert metrics == {
         "search_r1/searches_per_trajectory/mean": 1.0,
         "search_r1/searches_per_trajectory/max": 1.0,
@@ -70,6 +73,8 @@ async def test_the_hook_reads_what_real_trajectories_recorded(world):
         "search_r1/failed_search_ratio": 0.0,
         "search_r1/no_result_ratio": 0.0,
         "search_r1/obs_truncated_ratio": 0.0,
+        "search_r1/slot_timeout_ratio": 0.0,
+        "search_r1/empty_query_ratio": 0.0,
         "search_r1/local/cache_hit_ratio": 0.5,
         "search_r1/local/in_flight_share_ratio": 0.0,
         "search_r1/local/retriever_requests_per_query": 0.5,

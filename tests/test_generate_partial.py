@@ -39,9 +39,11 @@ async def test_abort_keeps_what_was_generated_and_partial_rollout_continues_it(w
     assert world.retriever.queries_received == ["who wrote hamlet"]
     metrics = dict(sample.metadata["search_r1"])
     assert len(metrics.pop("search_latencies")) == 1
+    assert len(metrics.pop("search_slot_waits")) == 1
     assert metrics == {
         "turns": 1, "searches": 1, "search_failures": 0, "invalid_actions": 0, "obs_truncated": 0,
         "actions": 2, "valid_actions": 2, "answered": True, "search_no_results": 0,
+        "empty_queries": 0, "search_slot_timeouts": 0,
         # The local client's counters on this event loop around the trajectory: one query sent.
         "client_stats_start": {"sent": 0, "cache_hits": 0, "in_flight_hits": 0, "batches": 0, "http_requests": 0},
         "client_stats_end": {"sent": 1, "cache_hits": 0, "in_flight_hits": 0, "batches": 1, "http_requests": 1},

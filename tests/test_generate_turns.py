@@ -51,9 +51,11 @@ async def test_search_then_answer_gives_exact_tokens_masks_and_log_probs(world, 
     assert sample.status == sample_cls.Status.COMPLETED
     metrics = dict(sample.metadata["search_r1"])
     assert len(metrics.pop("search_latencies")) == 1
+    assert len(metrics.pop("search_slot_waits")) == 1
     assert metrics == {
         "turns": 1, "searches": 1, "search_failures": 0, "invalid_actions": 0, "obs_truncated": 0,
         "actions": 2, "valid_actions": 2, "answered": True, "search_no_results": 0,
+        "empty_queries": 0, "search_slot_timeouts": 0,
         # The local client's counters on this event loop around the trajectory: one query sent.
         "client_stats_start": {"sent": 0, "cache_hits": 0, "in_flight_hits": 0, "batches": 0, "http_requests": 0},
         "client_stats_end": {"sent": 1, "cache_hits": 0, "in_flight_hits": 0, "batches": 1, "http_requests": 1},
@@ -73,7 +75,7 @@ async def test_old_and_new_slime_end_with_identical_fields(world, tokenizer, tok
         finally:
             await w.close()
         # Latencies and the loop's client counters differ between runs by nature; the rest must not.
-        counters = {k: v for k, v in s.metadata["search_r1"].items() if k not in ("search_latencies", "client_stats_start", "client_stats_end")}
+        counters = {k: v for k, v in s.metadata["search_r1"].items() if k not in ("search_latencies", "search_slot_waits", "client_stats_start", "client_stats_end")}
         results.append((s.tokens, s.response, s.response_length, s.loss_mask, s.rollout_log_probs, s.status.value, counters))
     assert results[0] == results[1]
 

@@ -8,13 +8,17 @@ import time
 
 import pytest
 
+import google_search_server
 from google_search_server import collect_context, google_search, google_search_stats, html_to_text
+from search_r1_slime import public_web
 from search_r1_slime.http_client import RequestFailed, close_shared_session
 from tests.fakes.pages import Page, PageServer, html_page
 from tests.fakes.serper import FakeSerper, organic
 
 KEY = "sk-test-0123456789abcdef"
 FAST = {"max_attempts": 3, "attempt_timeout": 1.0}
+# The page servers here are on loopback, which is not fetched by default.
+LOOPBACK_PAGES = {"allow_private_pages": True}
 
 ZH = "北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心，有三千多年的建城史。"
 JA = "東京は日本の首都であり、世界有数の大都市です。江戸時代から政治と文化の中心として発展してきました。"
@@ -146,7 +150,9 @@ async def test_pages_are_decoded_and_the_paragraph_around_the_snippet_kept(encod
     async with PageServer({"/p": page}) as site:
         results = {"q": [organic("T", site.url("/p"), f"Jan 1, 2020 ... {MARKER} ...")]}
         async with FakeSerper(results, api_key=KEY) as serper:
-            assert await google_search(KEY, "q", top_k=1, snippet_only=False, endpoint=serper.endpoint) == [contents("T", paragraph)]
+            assert await google_search(KEY, "q", top_k=1, snippet_only=False, endpoint=serper.endpoint, **LOOPBACK_PAGES) == [
+                contents("T", paragraph)
+            ]
     assert site.fetched["/p"] == 1
 
 
@@ -156,7 +162,7 @@ async def test_pages_are_fetched_concurrently():
         results = {"q": [organic(f"T{i}", site.url(f"/{i}"), MARKER) for i in range(5)]}
         async with FakeSerper(results, api_key=KEY) as serper:
             started = time.monotonic()
-            result = await google_search(KEY, "q", top_k=5, snippet_only=False, endpoint=serper.endpoint)
+            result = await google_search(KEY, "q", top_k=5, snippet_only=False, endpoint=serper.endpoint, **LOOPBACK_PAGES)
             assert time.monotonic() - started < 0.8
     assert result == [contents(f"T{i}", f"page {i} {MARKER}") for i in range(5)]
 
@@ -176,7 +182,8 @@ async def test_failing_pages_fall_back_to_the_snippet_and_break_nothing():
         async with FakeSerper(results, api_key=KEY) as serper:
             started = time.monotonic()
             result = await google_search(
-                KEY, "q", top_k=6, snippet_only=False, endpoint=serper.endpoint, page_timeout=0.3, page_max_bytes=100_000
+                KEY, "q", top_k=6, snippet_only=False, endpoint=serper.endpoint, page_timeout=0.3, page_max_bytes=100_000,
+                **LOOPBACK_PAGES,
             )
             assert time.monotonic() - started < 0.9
     assert result == [contents("/ok", f"Start. {snippet}. End.")] + [contents(t, snippet) for t in links[1:] + ["dead"]]
@@ -193,3 +200,92 @@ def test_collect_context_keeps_each_matching_paragraph_once():
 def test_html_to_text_keeps_visible_paragraphs_only():
     page = "<html><head><title>T</title><style>p{}</style><script>x=1</script></head><body><div>a &amp; b<br>c</div><p>  d   e </p></body></html>"
     assert html_to_text(page) == "T\na & b\nc\nd e"
+
+
+async def serve_one_result(site_url: str, snippet: str, **settings) -> list[dict]:
+    async with FakeSerper({"q": [organic("T", site_url, snippet)]}, api_key=KEY) as serper:
+        return await google_search(KEY, "q", top_k=1, snippet_only=False, endpoint=serper.endpoint, **settings)
+
+
+async def test_by_default_pages_on_loopback_are_not_fetched():
+    async with PageServer({"/p": Page(f"<p>Start. {MARKER}. End.</p>".encode())}) as site:
+        for link in (site.url("/p"), f"http://localhost:{site.port}/p"):  # an address, and a name resolving to one
+            assert await serve_one_result(link, MARKER) == [contents("T", MARKER)]  # the snippet, not the page
+    assert site.fetched["/p"] == 0
+
+
+async def test_a_redirect_from_an_allowed_host_to_a_private_one_is_not_followed(monkeypatch):
+    # Stand-ins for a public site (127.0.0.2, allowed here) redirecting to a private one: a name
+    # that resolves to loopback, or loopback itself.
+    monkeypatch.setattr(public_web, "address_allowed", lambda address: address == "127.0.0.2")
+    async with PageServer({"/secret": Page(f"<p>internal {MARKER}</p>".encode())}) as private:
+        pages = {
+            "/by-name": Page(b"", status=302, location=f"http://localhost:{private.port}/secret"),
+            "/by-address": Page(b"", status=301, location=private.url("/secret")),
+            "/fine": Page(b"", status=302, location="/page"),  # relative, same allowed host
+            "/page": Page(f"<p>public {MARKER}</p>".encode()),
+        }
+        async with PageServer(pages, host="127.0.0.2") as public:
+            for path in ("/by-name", "/by-address"):
+                assert await serve_one_result(public.url(path), MARKER) == [contents("T", MARKER)]
+            assert await serve_one_result(public.url("/fine"), MARKER) == [contents("T", f"public {MARKER}")]
+    assert private.fetched["/secret"] == 0
+    assert (public.fetched["/by-name"], public.fetched["/by-address"], public.fetched["/page"]) == (1, 1, 1)
+
+
+async def test_redirect_loops_stop(monkeypatch):
+    async with PageServer({"/loop": Page(b"", status=302, location="/loop")}) as site:
+        assert await serve_one_result(site.url("/loop"), MARKER, **LOOPBACK_PAGES) == [contents("T", MARKER)]
+    assert site.fetched["/loop"] == 6  # the link and five redirects
+
+
+async def test_pages_are_decoded_and_parsed_off_the_event_loop(monkeypatch):
+    on_loop = []
+
+    def spy(real):
+        def run(*args):
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:  # no loop runs in this thread
+                on_loop.append(False)
+            return real(*args)
+
+        return run
+
+    monkeypatch.setattr(google_search_server, "decode_page", spy(google_search_server.decode_page))
+    monkeypatch.setattr(google_search_server, "html_to_text", spy(google_search_server.html_to_text))
+    page = html_page("t", [f"{ZH} {MARKER}."], "gbk")
+    async with PageServer({"/p": page}) as site:
+        assert await serve_one_result(site.url("/p"), MARKER, **LOOPBACK_PAGES) == [contents("T", f"{ZH} {MARKER}.")]
+    assert on_loop == [False, False]
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("93.184.215.14", True), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", True),
+        ("127.0.0.1", False), ("::1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+        ("169.254.169.254", False),  # AWS, GCP, Azure metadata
+        ("100.100.100.200", False),  # Alibaba Cloud metadata (shared address space)
+        ("fd00:ec2::254", False),  # AWS metadata over IPv6 (unique local)
+        ("fe80::1%eth0", False), ("::ffff:127.0.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("not an ip", False),
+    ],
+)
+def test_only_global_unicast_addresses_are_allowed(address, allowed):
+    assert public_web.address_allowed(address) is allowed
+
+
+async def test_the_public_only_resolver_gives_no_private_address():
+    resolver = public_web.PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="localhost has no public address"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
+
+
+async def test_a_blank_query_fails_at_once_and_is_not_paid_for(serper):
+    with pytest.raises(RequestFailed, match="empty or blank; it was not sent"):
+        await google_search(KEY, " \t", snippet_only=True, endpoint=serper.endpoint)
+    assert serper.requests == []

@@ -1,13 +1,21 @@
 """The shared retry loop against a real aiohttp server on loopback."""
 
 import asyncio
+import email.utils
 import socket
 import time
 
 import pytest
 from aiohttp import web
 
-from search_r1_slime.http_client import RequestFailed, RetryPolicy, close_shared_session, request_json, shared_session
+from search_r1_slime.http_client import (
+    RequestFailed,
+    RetryPolicy,
+    _retry_after_seconds,
+    close_shared_session,
+    request_json,
+    shared_session,
+)
 from tests.fakes.loopback import LoopbackServer
 
 FAST = RetryPolicy(max_attempts=4, deadline_s=5.0, attempt_timeout_s=1.0, backoff_base_s=0.01, backoff_max_s=0.02)
@@ -33,6 +41,10 @@ def scripted(*responses):
         return web.Response(status=status, text=body, headers=headers or {})
 
     return handler, calls
+
+
+def _http_date(seconds_from_now: float) -> str:
+    return email.utils.formatdate(time.time() + seconds_from_now, usegmt=True)
 
 
 @pytest.fixture
@@ -81,8 +93,10 @@ async def test_retry_after_is_honoured(cleanup):
     assert time.monotonic() - started >= 0.3
 
 
-async def test_retry_after_beyond_deadline_gives_up_at_once(cleanup):
-    handler, calls = scripted((429, "", {"Retry-After": "60"}))
+@pytest.mark.parametrize("when", ["seconds", "http-date"])
+async def test_retry_after_beyond_deadline_gives_up_at_once(cleanup, when):
+    retry_after = "60" if when == "seconds" else _http_date(3600)
+    handler, calls = scripted((429, "", {"Retry-After": retry_after}))
     url, runner = await serve(handler)
     cleanup.append(runner)
     started = time.monotonic()
@@ -176,3 +190,23 @@ async def test_several_servers_fail_over_to_one_that_answers(cleanup):
     sent = []
     assert await request_json("GET", [dead, url], policy=FAST, on_attempt=sent.append) == {"ok": 1}
     assert sent == [dead, url]
+
+
+async def test_retry_after_as_an_http_date_is_honoured(cleanup):
+    # An HTTP-date has whole seconds: 2 s ahead is between 1 and 2 s away when it is read.
+    handler, calls = scripted((503, "", {"Retry-After": _http_date(2)}), (200, "[1]", None))
+    url, runner = await serve(handler)
+    cleanup.append(runner)
+    started = time.monotonic()
+    assert await request_json("GET", url, policy=FAST) == [1]
+    assert time.monotonic() - started >= 1.0
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3.0), ("-1", 0.0), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0), ("soon", None), (None, None)],
+    ids=["seconds", "negative", "date-in-the-past", "garbage", "absent"],
+)
+def test_retry_after_forms(value, expected):
+    assert _retry_after_seconds(value) == expected

@@ -18,12 +18,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.secret import TOKEN, leaked
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "run_qwen2.5_3B.sh"
 
 FAKE_RAY = """#!/usr/bin/env bash
-# Records every call; `ray start` serves the dashboard port until it is terminated.
+# Records every call; `ray start` serves the dashboard port until it is terminated. The runtime-env
+# file of `ray job submit` is recorded too (its mode, then its contents), as Ray reads it then.
 printf '%s\\n' "$*" >> "$RAY_CALLS"
+for arg in "$@"; do
+   if [[ "$arg" == --runtime-env=* ]]; then
+      python3 -c 'import os, sys; print(oct(os.stat(sys.argv[1]).st_mode & 0o777)); print(open(sys.argv[1]).read())' \\
+         "${arg#--runtime-env=}" > "$RAY_CALLS.runtime_env"
+   fi
+done
 if [[ "$1" == start ]]; then
    exec python3 -m http.server "$RAY_DASHBOARD_PORT" --bind 127.0.0.1
 fi
@@ -100,7 +109,7 @@ def world(tmp_path: Path, http_server):
     # A PATH with only what the script needs, so a real `ray` on the host can never be reached.
     tools = tmp_path / "tools"
     tools.mkdir()
-    for name in ("bash", "dirname", "setsid", "sleep"):
+    for name in ("bash", "dirname", "mktemp", "rm", "setsid", "sleep"):
         (tools / name).symlink_to(shutil.which(name))
     (tools / "python3").symlink_to(sys.executable)
     fake_bin = tmp_path / "fakebin"
@@ -143,6 +152,12 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+def workers_environment(stdout: str) -> dict:
+    """The runtime env DRY_RUN shows (the keys redacted)."""
+    line = next(line for line in stdout.splitlines() if line.startswith("DRY_RUN: the Ray workers' environment"))
+    return json.loads(line.split(": ", 2)[2])
+
+
 def test_script_is_shellcheck_clean():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
@@ -160,7 +175,7 @@ def test_dry_run_prints_the_training_command_built_from_the_environment(world):
     argv = printed_command(result.stdout)
     assert argv[:3] == ["ray", "job", "submit"]
     assert f"--address=http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}" in argv
-    runtime_env = json.loads(next(a for a in argv if a.startswith("--runtime-env-json=")).split("=", 1)[1])
+    runtime_env = workers_environment(result.stdout)
     assert runtime_env["env_vars"]["PYTHONPATH"].split(":") == [env["MEGATRON_DIR"], str(REPO), env["SLIME_DIR"]]
     train = argv[argv.index("--") + 1 :]
     assert train[:2] == ["python3", f"{env['SLIME_DIR']}/train.py"]
@@ -383,3 +398,63 @@ def test_reuses_a_running_ray_cluster_and_leaves_it_running(world, http_server):
     assert len(calls) == 1 and calls[0].startswith(f"job submit --address=http://127.0.0.1:{dashboard_port}")
     assert _port_open(dashboard_port)
     assert "left running" in result.stdout
+
+
+SERPER = "serper-" + TOKEN[::-1]
+
+
+def test_the_search_keys_reach_every_ray_worker_and_are_printed_nowhere(world):
+    _, env = world
+    keys = {"RETRIEVAL_API_KEY": TOKEN, "SERPER_API_KEY": SERPER}
+    assert len(TOKEN) >= 300
+
+    dry = run(env, DRY_RUN="1", **keys)
+    assert dry.returncode == 0 and "WARNING" not in dry.stderr, dry.stderr
+    shown = workers_environment(dry.stdout)["env_vars"]
+    assert (shown["RETRIEVAL_API_KEY"], shown["SERPER_API_KEY"]) == ("<redacted>", "<redacted>")
+    assert not leaked(TOKEN, dry.stdout + dry.stderr) and not leaked(SERPER, dry.stdout + dry.stderr)
+
+    launch = run(env, **keys)
+    assert launch.returncode == 0, launch.stderr
+    [submit] = [call for call in ray_calls(env) if call.startswith("job submit")]
+    mode, runtime_env = Path(env["RAY_CALLS"] + ".runtime_env").read_text().split("\n", 1)
+    assert mode == "0o600"  # only this user can read it
+    env_vars = json.loads(runtime_env)["env_vars"]
+    assert (env_vars["RETRIEVAL_API_KEY"], env_vars["SERPER_API_KEY"]) == (TOKEN, SERPER)
+    # Never on a command line (which `ps` shows every user), never printed; the file is gone after.
+    for text in (submit, launch.stdout, launch.stderr):
+        assert not leaked(TOKEN, text) and not leaked(SERPER, text)
+    runtime_env_file = submit.split("--runtime-env=", 1)[1].split(" ", 1)[0]
+    assert not Path(runtime_env_file).exists()
+
+
+def test_without_keys_in_the_shell_the_workers_get_none(world):
+    _, env = world
+    env_vars = workers_environment(run(env, DRY_RUN="1").stdout)["env_vars"]
+    assert "RETRIEVAL_API_KEY" not in env_vars and "SERPER_API_KEY" not in env_vars
+
+
+def test_a_key_written_in_the_yaml_is_refused_while_wandb_is_on(world, tmp_path):
+    _, env = world
+    script = tmp_path / "run_wandb.sh"
+    text = SCRIPT.read_text()
+    assert "   # --use-wandb\n" in text
+    script.write_text(text.replace("   # --use-wandb\n", "   --use-wandb\n"))
+    shutil.copytree(REPO / "search_r1_slime", tmp_path / "search_r1_slime")
+    literal = tmp_path / "literal.yaml"
+    literal.write_text(Path(env["SEARCH_R1_CONFIG"]).read_text() + f"    api_key: {json.dumps(TOKEN)}\n")
+
+    refused = run(env, script=script, SEARCH_R1_CONFIG=str(literal))
+    assert refused.returncode == 1
+    assert "ERROR: search_r1.local.api_key is written in the --custom-config-path YAML while W&B is on" in refused.stderr
+    assert "search_r1.local.api_key_file" in refused.stderr
+    assert not leaked(TOKEN, refused.stdout + refused.stderr)
+    assert ray_calls(env) == []
+
+    # Without W&B the same file is accepted; with W&B a key file is.
+    assert "WARNING" not in run(env, DRY_RUN="1", SEARCH_R1_CONFIG=str(literal)).stderr
+    key_file = tmp_path / "retrieval.key"
+    key_file.write_text(TOKEN + "\n")
+    from_file = tmp_path / "from_file.yaml"
+    from_file.write_text(Path(env["SEARCH_R1_CONFIG"]).read_text() + f"    api_key_file: {key_file}\n")
+    assert "WARNING" not in run(env, script=script, DRY_RUN="1", SEARCH_R1_CONFIG=str(from_file)).stderr

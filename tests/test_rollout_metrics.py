@@ -24,7 +24,8 @@ def counters(sent=0, cache_hits=0, in_flight_hits=0, batches=0, http_requests=0)
 
 def trace(**values) -> dict:
     base = dict(turns=0, searches=0, search_failures=0, invalid_actions=0, obs_truncated=0, actions=0,
-                valid_actions=0, answered=False, search_no_results=0, search_latencies=[])
+                valid_actions=0, answered=False, search_no_results=0, search_latencies=[], empty_queries=0,
+                search_slot_waits=[], search_slot_timeouts=0)
     return {**base, **values}
 
 
@@ -34,14 +35,17 @@ def rollout(sample_cls) -> list:
         response="<think> a </think>\n<search> capital of france </search>" + OBS + "<think> b </think>\n<answer> Paris </answer>",
         label=GOLD, reward=1.0,
         metadata={"search_r1": trace(turns=1, searches=1, actions=2, valid_actions=2, answered=True, search_latencies=[0.1],
+                                     search_slot_waits=[0.5],
                                      client_stats_start=counters(), client_stats_end=counters(sent=1, batches=1, http_requests=2))},
     )
-    # Search failed, then one found nothing (its observation cut), then the final turn searched again.
+    # Search failed (no slot came free within 2 s, so it was not sent), then one found nothing (its
+    # observation cut), then the final turn searched again.
     never_answered = sample_cls(
         response="<think> a </think>\n<search> q1 </search>...<search> q2 </search>...<search> q3 </search>",
         label=GOLD, reward=0.0,
         metadata={"search_r1": trace(turns=2, searches=2, search_failures=1, search_no_results=1, obs_truncated=1,
-                                     actions=3, valid_actions=3, search_latencies=[0.4, 0.2],
+                                     actions=3, valid_actions=3, search_latencies=[0.2], search_slot_timeouts=1,
+                                     search_slot_waits=[2.0, 0.0],
                                      client_stats_start=counters(), client_stats_end=counters(sent=1, cache_hits=1, in_flight_hits=1, batches=1, http_requests=2))},
     )
     # An invalid action, then a wrong answer in a valid format: reward 0.2 (format_score), EM 0.
@@ -67,8 +71,12 @@ EXPECTED = {
     "search_r1/failed_search_ratio": 1 / 3,
     "search_r1/no_result_ratio": 1 / 3,
     "search_r1/obs_truncated_ratio": 1 / 4,  # 1 cut observation of 1 + 2 + 1
-    "search_r1/search_latency/p50": 0.2,  # of [0.1, 0.2, 0.4]
-    "search_r1/search_latency/p99": pytest.approx(0.396, abs=1e-12),  # 0.2 + 0.98 * (0.4 - 0.2)
+    "search_r1/slot_timeout_ratio": 1 / 3,
+    "search_r1/empty_query_ratio": 0.0,
+    "search_r1/search_latency/p50": pytest.approx(0.15, abs=1e-12),  # of [0.1, 0.2]: the timed-out search never ran
+    "search_r1/search_latency/p99": pytest.approx(0.199, abs=1e-12),  # 0.1 + 0.99 * (0.2 - 0.1)
+    "search_r1/search_slot_wait/p50": 0.5,  # of [0.0, 0.5, 2.0]
+    "search_r1/search_slot_wait/p99": pytest.approx(1.97, abs=1e-12),  # 0.5 + 0.98 * (2.0 - 0.5)
     # Client traffic from the first start to the last end: 1 sent, 1 cache hit, 1 shared, 2 requests.
     "search_r1/local/cache_hit_ratio": 1 / 3,
     "search_r1/local/in_flight_share_ratio": 1 / 3,
@@ -184,8 +192,12 @@ def test_eval_hook_adds_exact_match_per_data_source(monkeypatch, sample_cls):
         "eval/nq/search_r1/failed_search_ratio": 0.0,
         "eval/nq/search_r1/no_result_ratio": 0.0,
         "eval/nq/search_r1/obs_truncated_ratio": 0.0,
+        "eval/nq/search_r1/slot_timeout_ratio": 0.0,
+        "eval/nq/search_r1/empty_query_ratio": 0.0,
         "eval/nq/search_r1/search_latency/p50": 0.1,
         "eval/nq/search_r1/search_latency/p99": 0.1,
+        "eval/nq/search_r1/search_slot_wait/p50": 0.5,
+        "eval/nq/search_r1/search_slot_wait/p99": 0.5,
         "eval/nq/search_r1/exact_match": 0.5,
         "eval/step": 3 * 32,
     }, "eval/step")]

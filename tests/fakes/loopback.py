@@ -6,10 +6,12 @@ from aiohttp import web
 
 
 class LoopbackServer:
-    """An aiohttp app served on 127.0.0.1 at a free port. Use ``async with``."""
+    """An aiohttp app served on ``host`` (a loopback address: 127.0.0.1 unless told, any of
+    127.0.0.0/8 works on Linux) at a free port. Use ``async with``."""
 
-    def __init__(self, app: web.Application):
+    def __init__(self, app: web.Application, host: str = "127.0.0.1"):
         self.app = app
+        self.host = host
         self._runner: web.AppRunner | None = web.AppRunner(app)
         self.port: int | None = None
 
@@ -25,7 +27,7 @@ class LoopbackServer:
         if self._runner is None:
             self._runner = web.AppRunner(self.app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port or 0)
+        site = web.TCPSite(self._runner, self.host, self.port or 0)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]
 
@@ -36,4 +38,4 @@ class LoopbackServer:
             self._runner = None
 
     def url(self, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"

@@ -1,7 +1,7 @@
 """Web pages for the Google backend's page fetching, served on loopback in several encodings.
 
 ``pages`` maps a path to a ``Page``: raw bytes (already encoded), a content type, and optional
-misbehaviour (a status, a delay before answering). ``html_page`` builds an HTML document of
+misbehaviour (a status, a delay before answering, a redirect's ``location``). ``html_page`` builds an HTML document of
 paragraphs in a given encoding; by default the charset is NOT declared in the Content-Type, so
 the client has to detect it (as with many real pages). ``fetched`` counts requests per path.
 """
@@ -24,6 +24,7 @@ class Page:
     content_type: str = "text/html"
     status: int = 200
     delay_s: float = 0.0
+    location: str | None = None  # a redirect's target
 
 
 def html_page(title: str, paragraphs: list[str], encoding: str, *, declare_charset: bool = False) -> Page:
@@ -38,12 +39,12 @@ def html_page(title: str, paragraphs: list[str], encoding: str, *, declare_chars
 
 
 class PageServer(LoopbackServer):
-    def __init__(self, pages: dict[str, Page]):
+    def __init__(self, pages: dict[str, Page], host: str = "127.0.0.1"):
         self.pages = pages
         self.fetched: Counter[str] = Counter()
         app = web.Application()
         app.router.add_get("/{path:.*}", self._serve)
-        super().__init__(app)
+        super().__init__(app, host)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["path"]
@@ -53,4 +54,5 @@ class PageServer(LoopbackServer):
             return web.Response(status=404, text="no such page")
         if page.delay_s:
             await asyncio.sleep(page.delay_s)
-        return web.Response(status=page.status, body=page.body, headers={"Content-Type": page.content_type})
+        headers = {"Content-Type": page.content_type, **({"Location": page.location} if page.location else {})}
+        return web.Response(status=page.status, body=page.body, headers=headers)

@@ -11,6 +11,9 @@ with ``Retry-After: retry_after`` and nothing else, as a server loading its inde
 started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up on the same port.
 ``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
+Strict about queries, as a server that validates whole requests is (ours before per-query answers):
+a request holding one blank query, or one longer than ``max_query_chars``, is refused whole
+with 422.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class FakeRetriever(LoopbackServer):
         request_cost_s: float = 0.0,
         query_cost_s: float = 0.0,
         api_key: str | None = None,
+        max_query_chars: int = 4096,
     ):
         self.corpus = corpus
         self.requests: list[dict] = []
@@ -46,6 +50,7 @@ class FakeRetriever(LoopbackServer):
         self.request_cost_s = request_cost_s
         self.query_cost_s = query_cost_s
         self.api_key = api_key
+        self.max_query_chars = max_query_chars
         self.loading_until = 0.0
         self.retry_after = "0.2"
         self.refused: list[dict] = []  # bodies answered 503 (loading) or 401 (no token), not in ``requests``
@@ -83,6 +88,9 @@ class FakeRetriever(LoopbackServer):
                 return web.Response(status=status, text=f"injected {status}", headers=headers)
             else:
                 return web.Response(status=fault, text=f"injected {fault}")
+        invalid = [i for i, q in enumerate(body["queries"]) if not q.strip() or len(q) > self.max_query_chars]
+        if invalid:
+            return web.json_response({"detail": f"queries{invalid} are blank or too long"}, status=422)
         missing = [q for q in body["queries"] if q not in self.corpus]
         if missing:
             return web.Response(status=500, text=f"stand-in has no documents for queries {missing!r}")

@@ -222,3 +222,31 @@ class FakeSGLangPerPrompt(LoopbackServer):
             if ids[: len(prompt_ids)] == prompt_ids:
                 return await fake.handle_generate(request)
         return web.Response(status=400, text="fake SGLang: no scripted trajectory starts with these input_ids")
+
+
+class FakeSGLangGroup(LoopbackServer):
+    """The samples of one GRPO group: ``n`` scripts behind one ``/generate``, all on the same prompt.
+
+    A request holding just the prompt starts the next script not yet started (as the group's
+    samples arrive, in any order); a later request goes to the started script whose trajectory so
+    far it continues. ``fakes`` lists each script's stand-in, in script order."""
+
+    def __init__(self, tokenizer, prompt_ids: list[int], scripts: list[list[Turn]]):
+        self.prompt_ids = list(prompt_ids)
+        self.fakes = [FakeSGLang(tokenizer, prompt_ids, turns) for turns in scripts]
+        self._started: list[FakeSGLang] = []
+        app = web.Application()
+        app.router.add_post("/generate", self._route)
+        super().__init__(app)
+
+    async def _route(self, request: web.Request) -> web.Response:
+        ids = (await request.json()).get("input_ids") or []
+        for fake in self._started:
+            prefix = fake._expected_prefix
+            if len(prefix) > len(self.prompt_ids) and ids[: len(prefix)] == prefix:
+                return await fake.handle_generate(request)
+        if ids == self.prompt_ids and len(self._started) < len(self.fakes):
+            fake = self.fakes[len(self._started)]
+            self._started.append(fake)
+            return await fake.handle_generate(request)
+        return web.Response(status=400, text="fake SGLang: no scripted sample of this group continues these input_ids")
