@@ -190,6 +190,12 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+def _encode_observation(tokenizer, text: str) -> list[int]:
+    # Retrieved text is data: a passage holding "<|im_end|>" or "<think>" must reach the model as
+    # those characters, never as the control token that ends its turn or opens its reasoning.
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if text else []
+
+
 def _decode_whole_chars(tokenizer, ids: list[int]) -> tuple[list[int], str]:
     # A cut can split a multi-byte character across tokens; drop the dangling piece rather than
     # showing the model a replacement character.
@@ -210,15 +216,15 @@ def fit_observation(tokenizer, head: str, body: str, tail: str, limit: int) -> t
     the whole text is cut: the budget is then spent and the trajectory ends TRUNCATED anyway.
     """
     text = head + body + tail
-    ids = _encode(tokenizer, text)
+    ids = _encode_observation(tokenizer, text)
     if len(ids) <= limit:
         return ids, text, False
-    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
+    head_ids, tail_ids = _encode_observation(tokenizer, head), _encode_observation(tokenizer, tail)
     room = limit - len(head_ids) - len(tail_ids)
     if room < 0:
         cut_ids, cut_text = _decode_whole_chars(tokenizer, ids[:limit])
         return cut_ids, cut_text, True
-    body_ids, body_text = _decode_whole_chars(tokenizer, _encode(tokenizer, body)[:room])
+    body_ids, body_text = _decode_whole_chars(tokenizer, _encode_observation(tokenizer, body)[:room])
     return head_ids + body_ids + tail_ids, head + body_text + tail, True
 
 
@@ -475,6 +481,19 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     return sample
 
 
+# The thinking block a chat template writes at the end of the generation prompt (Qwen3 with
+# enable_thinking=False): the model's turn continues after it.
+_PROMPT_THINKING_BLOCK = re.compile(r"<think>\s*</think>\s*$")
+
+
+def _assistant_turn(sample: Any) -> str:
+    """What the format check reads: the response, after the thinking block the chat template put at
+    the end of the prompt, if any (Search-R1 checked the whole assistant turn; its Qwen2.5 template
+    wrote none, so there it is the response alone)."""
+    block = _PROMPT_THINKING_BLOCK.search(sample.prompt) if isinstance(sample.prompt, str) else None
+    return (block.group(0) if block else "") + sample.response
+
+
 async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
     """slime's custom reward hook: Search-R1's EM score of the response, with ``format_score``."""
     from qa_em import compute_score_em
@@ -487,4 +506,4 @@ async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
             "sample.label must look like {'ground_truth': {'target': [answers...]}} (run slime with "
             f"--label-key reward_model on Search-R1 data), got {sample.label!r}"
         ) from exc
-    return float(compute_score_em(sample.response, targets, format_score=config["format_score"]))
+    return float(compute_score_em(_assistant_turn(sample), targets, format_score=config["format_score"]))
