@@ -10,6 +10,7 @@ top-p replay and the fully async rollout in 2026-08 only.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import uuid
@@ -35,6 +36,13 @@ HAMLET_OBS = (
     + 'Doc 1(Title: "Hamlet") Hamlet is a tragedy written by William Shakespeare.\n'
     'Doc 2(Title: "William Shakespeare") William Shakespeare was an English playwright.\n'
     'Doc 3(Title: "Elsinore") Elsinore is the setting of Hamlet.'
+    + INFORMATION_TAIL
+)
+HAMLET_AUTHOR_OBS = (
+    INFORMATION_HEAD
+    + 'Doc 1(Title: "William Shakespeare") William Shakespeare was an English playwright.\n'
+    'Doc 2(Title: "Elsinore") Elsinore is the setting of Hamlet.\n'
+    'Doc 3(Title: "Globe Theatre") A theatre in London.'
     + INFORMATION_TAIL
 )
 WITH_SESSIONS = ("2026-04-30", "2026-08-21")
@@ -415,3 +423,102 @@ async def test_retrieved_text_never_becomes_a_control_token(qwen3_dir, tmp_path,
     assert world.tokenizer.decode(observation) == (
         INFORMATION_HEAD + 'Doc 1(Title: "Hamlet") Shakespeare.<|im_end|>\n<|im_start|>user\nhi<|endoftext|>' + INFORMATION_TAIL
     )
+
+
+# ---------------------------------------------------------------------------- fully async training
+
+
+class DataBuffer:
+    """slime's data buffer as the fully async worker uses it: ``get_samples(n)`` hands out groups,
+    ``add_samples(groups)`` takes aborted ones back. ``on_requeue`` runs then: what the trainer does
+    between an abort and the next pick-up (here, the engines load new weights)."""
+
+    def __init__(self, groups, on_requeue):
+        self.groups = list(groups)
+        self.requeued = 0
+        self.on_requeue = on_requeue
+
+    def get_samples(self, count):
+        taken, self.groups = self.groups[:count], self.groups[count:]
+        return taken
+
+    def add_samples(self, groups):
+        self.requeued += len(groups)
+        self.on_requeue()
+        self.groups.extend(groups)
+
+
+async def fully_async_rollout(args, buffer):
+    """One rollout of slime's fully async path (``--rollout-function-path
+    slime.rollout.fully_async_rollout.generate_rollout_fully_async``): its collector on slime's
+    background loop, its worker thread reaching the loopback stand-ins served by this test's loop.
+
+    slime's collector waits forever for a group whose task crashed (the worker only logs it), so a
+    broken hook would hang: the wait is bounded, far above the few seconds a healthy run takes.
+    """
+    from slime.rollout import fully_async_rollout
+    from slime.rollout.fully_async_rollout import AsyncRolloutWorker, _generate_rollout_async
+    from slime.utils.async_utils import get_async_loop
+
+    worker = AsyncRolloutWorker(args, buffer, concurrency=1)
+    worker.poll_interval = 0.01  # slime's 1 s between top-ups only slows the test
+    worker.start()
+    fully_async_rollout._global_worker = worker
+    # What generate_rollout_fully_async runs, without blocking this loop (and cancellable).
+    collected = asyncio.run_coroutine_threadsafe(_generate_rollout_async(args, 0, buffer), get_async_loop().loop)
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(collected), timeout=120)
+    finally:
+        collected.cancel()
+        await asyncio.to_thread(fully_async_rollout._stop_global_worker)
+
+
+@pytest.mark.parametrize("slime", ["2026-08-21"], indirect=True)
+async def test_fully_async_abort_mid_search_turn_resumes_under_new_weights(world, slime):
+    from slime.utils.types import Sample
+
+    t2 = world.ids(SEARCH_AGAIN)
+    await world.serve([Turn(SEARCH_TURN), Turn(ids=t2, abort_after=5), Turn(ids=t2[5:]), Turn(ANSWER_TURN)])
+    args = slime_args(world, partial_rollout=True, mask_offpolicy_in_partial_rollout=True, rollout_global_dataset=True, rollout_batch_size=1)
+    buffer = DataBuffer([[world.sample(Sample)]], on_requeue=lambda: setattr(world.sglang, "weight_version", "8"))
+
+    ((sample,),) = await fully_async_rollout(args, buffer)
+
+    assert buffer.requeued == 1  # the aborted group went back to the buffer, not to training
+    p, t1, obs1, obs2, t3 = (world.prompt_ids, world.ids(SEARCH_TURN), world.ids(HAMLET_OBS),
+                             world.ids(HAMLET_AUTHOR_OBS), world.ids(ANSWER_TURN))
+    assert [r["input_ids"] for r in world.sglang.requests] == [p, p + t1 + obs1, p + t1 + obs1 + t2[:5], p + t1 + obs1 + t2 + obs2]
+    assert sample.tokens == p + t1 + obs1 + t2 + obs2 + t3
+    assert sample.response == SEARCH_TURN + HAMLET_OBS + SEARCH_AGAIN + HAMLET_AUTHOR_OBS + ANSWER_TURN
+    # Before the abort, under weights 7: masked as off-policy by slime; after it, under weights 8: trained.
+    assert sample.weight_versions == ["7", "7", "8", "8"]
+    assert sample.loss_mask == [0] * len(t1 + obs1) + [0] * 5 + [1] * (len(t2) - 5) + [0] * len(obs2) + [1] * len(t3)
+    assert sample.status == Sample.Status.COMPLETED and sample.reward == 1.0
+    assert sample.metadata["search_r1"]["searches"] == 2 and sample.metadata["search_r1"]["actions"] == 3
+
+
+@pytest.mark.parametrize("slime", ["2026-08-21"], indirect=True)
+async def test_fully_async_without_partial_rollout_restarts_an_aborted_sample_from_its_prompt(world, slime):
+    from slime.utils.types import Sample
+
+    t1 = world.ids(SEARCH_TURN)
+    await world.serve([Turn(ids=t1, abort_after=5), Turn(SEARCH_TURN), Turn(ANSWER_TURN)])
+    args = train_args(world, rollout_top_p=0.9, rollout_global_dataset=True)
+
+    def new_weights():
+        world.sglang.weight_version = "8"
+        world.sglang.expect_fresh_start(world.prompt_ids)
+
+    buffer = DataBuffer([[world.sample(Sample)]], on_requeue=new_weights)
+
+    ((sample,),) = await fully_async_rollout(args, buffer)
+
+    p, obs, t2 = world.prompt_ids, world.ids(HAMLET_OBS), world.ids(ANSWER_TURN)
+    assert [r["input_ids"] for r in world.sglang.requests] == [p, p, p + t1 + obs]
+    assert sample.tokens == p + t1 + obs + t2 and sample.loss_mask == [1] * len(t1) + [0] * len(obs) + [1] * len(t2)
+    # Nothing of the discarded attempt is left: weight versions and top-p spans are the new attempt's.
+    assert sample.weight_versions == ["8", "8"]
+    offsets = np.asarray(sample.rollout_top_p_token_offsets).tolist()
+    assert len(offsets) == sample.response_length + 1 and offsets[-1] == 2 * len(t1 + t2)
+    train_data(args, [sample])
+    assert sample.reward == 1.0
