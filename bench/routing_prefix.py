@@ -1,4 +1,4 @@
-"""Benchmark: prefix tokens engines re-read per trajectory, with and without slime's routing key.
+"""Benchmark: prefix tokens the engines re-read per trajectory, with and without slime's routing key.
 
 Two stand-in SGLang engines sit behind a stand-in router with a consistent-hashing policy: a
 request with ``X-SMG-Routing-Key`` goes to the engine its key hashes to on a ring (64 virtual
@@ -12,9 +12,11 @@ the plugin's real ``generate`` (search, search again, answer: three ``/generate`
 retrieval stand-in. Every sample carries a session id, as slime's ``generate_and_rm_group`` gives
 it; the run with ``router_policy=consistent_hashing`` sends it as the key, the run without does not.
 
-Re-read tokens of a call: the part of the trajectory some engine already computed (everything up
-to the previous call's output) that the engine serving this call has not cached and reads again.
-Reported per engine, per trajectory it served (mean over the trajectories whose calls it served).
+Tokens are bytes: a byte-level tokenizer without merges stands in for the model's, so counts do
+not depend on a vocabulary (an observation is capped at 2000 bytes, about Search-R1's 500 tokens).
+Re-read bytes of a call: the part of its input some engine already computed (up to the previous
+call's output, or the group's prompt for a first call) that the engine serving it has not cached.
+Printed per engine and for both, divided by the number of trajectories, with the bytes prefilled.
 
 PASS when, with the key, no call re-reads anything and each engine serves at least a quarter of
 the trajectories; the run without the key is printed beside it as the baseline.
@@ -27,17 +29,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import enum
 import hashlib
 import random
 import sys
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,17 +50,73 @@ sys.path.insert(0, str(ROOT))
 from generate_with_search import INFORMATION_TAIL, generate  # noqa: E402
 from search_r1_slime.http_client import close_shared_session  # noqa: E402
 from search_r1_slime.prepare_data import make_prompt  # noqa: E402
-from tests.fakes.loopback import LoopbackServer  # noqa: E402
-from tests.fakes.retriever import FakeRetriever, doc  # noqa: E402
-from tests.fakes.sample import NewSample  # noqa: E402
-from tests.fakes.tokenizer import build_qwen_like_tokenizer  # noqa: E402
 
 ROUTING_KEY = "X-SMG-Routing-Key"
 
 
 @dataclass
-class SessionSample(NewSample):
-    session_id: str | None = None  # set by slime's generate_and_rm_group (2026-04 and later)
+class Sample:
+    """The fields of slime's Sample the plugin uses, with the session id slime's
+    ``generate_and_rm_group`` sets (2026-04 and later)."""
+
+    class Status(enum.Enum):
+        PENDING, COMPLETED, TRUNCATED, ABORTED = "pending", "completed", "truncated", "aborted"
+
+    prompt: str = ""
+    label: dict | None = None
+    session_id: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    response: str = ""
+    response_length: int = 0
+    loss_mask: list[int] | None = None
+    rollout_log_probs: list[float] | None = None
+    status: Status = Status.PENDING
+    metadata: dict = field(default_factory=dict)
+
+
+def save_byte_tokenizer(path: str) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer without merges (one token per byte), saved as a checkpoint's is:
+    token counts below are then bytes of text, whatever a model's vocabulary would make of them."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    model = Tokenizer(models.BPE(vocab={symbol: i for i, symbol in enumerate(sorted(alphabet))}, merges=[]))
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model)
+    tokenizer.save_pretrained(path)
+    return tokenizer
+
+
+class Server:
+    """An aiohttp application on a free loopback port."""
+
+    def __init__(self, app: web.Application):
+        self.runner = web.AppRunner(app)
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def retriever(corpus: dict[str, list[str]]) -> Server:
+    """The retrieval server's ``/retrieve``: each query's passages ("title\ntext"), as documents."""
+
+    async def retrieve(request: web.Request) -> web.Response:
+        body = await request.json()
+        found = [[{"id": str(i), "contents": text} for i, text in enumerate(corpus[q][: body["topk"]])] for q in body["queries"]]
+        return web.json_response({"result": found})
+
+    app = web.Application()
+    app.router.add_post("/retrieve", retrieve)
+    return Server(app)
 
 
 class Trie:
@@ -78,7 +139,7 @@ class Trie:
             node = node.setdefault(token, {})
 
 
-class Engine(LoopbackServer):
+class Engine(Server):
     """A stand-in SGLang engine: writes each trajectory's scripted turns, counts what it re-reads.
 
     ``computed`` is shared by all engines: every sequence any engine has computed. A call re-reads
@@ -131,7 +192,7 @@ class Engine(LoopbackServer):
         return web.json_response({"text": self.tokenizer.decode(out), "meta_info": meta})
 
 
-class Router(LoopbackServer):
+class Router(Server):
     """Consistent hashing: a key picks the engine on a hash ring; without one, a random engine."""
 
     def __init__(self, engines: list[Engine], seed: int):
@@ -171,33 +232,33 @@ async def run(args: argparse.Namespace, tokenizer_dir: str, tokenizer, with_key:
     engines = [Engine(tokenizer, computed, seed=args.seed + i) for i in range(2)]
     router = Router(engines, seed=args.seed)
     # Three passages per search, of about a hundred words each (Wikipedia passages in Search-R1).
-    passage = " ".join(["William Shakespeare wrote the play Hamlet."] * 12)
-    corpus = {}
-    for q in range(args.groups):
-        for query in (f"question {q}", f"question {q} details"):
-            corpus[query] = [doc(f"{query}-{d}", f"Topic {q}.{d}", passage) for d in range(3)]
-    retriever = FakeRetriever(corpus)
-    servers = [*engines, router, retriever]
+    passage = " ".join(["William Shakespeare wrote the play Hamlet in about 1600."] * 10)
+    corpus = {
+        query: [f"Topic {q}.{d}\n{passage}" for d in range(3)]
+        for q in range(args.groups)
+        for query in (f"question {q}", f"question {q} details")
+    }
+    search = retriever(corpus)
+    servers = [*engines, router, search]
     for server in servers:
         await server.start()
     plugin_args = SimpleNamespace(
         sglang_router_ip="127.0.0.1", sglang_router_port=router.port, hf_checkpoint=tokenizer_dir,
-        rollout_max_response_len=4096, partial_rollout=False,
+        rollout_max_response_len=16384, partial_rollout=False,
         router_policy="consistent_hashing" if with_key else None,
-        search_r1={"local": {"search_url": retriever.search_url}},
+        # Search-R1's 500-token cap on an observation, in bytes (about four to a token).
+        search_r1={"local": {"search_url": search.url("/retrieve")}, "max_obs_tokens": 2000},
     )
 
     ids = random.Random(args.seed)
 
     async def trajectory(group: int) -> None:
-        # Search-R1's prompt, rendered by the chat template as slime's --apply-chat-template does.
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": make_prompt(f"question {group}?")}], tokenize=False, add_generation_prompt=True
-        )
+        # Search-R1's prompt in Qwen2.5's chat format, as slime's --apply-chat-template renders it.
+        prompt = f"<|im_start|>user\n{make_prompt(f'question {group}?')}<|im_end|>\n<|im_start|>assistant\n"
         # Every sample has its session id, as slime's generate_and_rm_group gives it (seeded here).
         session_id = str(uuid.UUID(int=ids.getrandbits(128), version=4))
-        sample = SessionSample(prompt=prompt, label={"ground_truth": {"target": [f"answer {group}"]}}, session_id=session_id)
-        await generate(plugin_args, sample, {"max_new_tokens": 4096, "temperature": 1.0})
+        sample = Sample(prompt=prompt, label={"ground_truth": {"target": [f"answer {group}"]}}, session_id=session_id)
+        await generate(plugin_args, sample, {"max_new_tokens": 16384, "temperature": 1.0})
         if not sample.response.endswith(f"<answer> answer {group} </answer>"):
             raise RuntimeError(f"trajectory of question {group} did not finish: {sample.response[-120:]!r}")
 
@@ -220,25 +281,24 @@ def main() -> int:
     args = parser.parse_args()
     trajectories = args.groups * args.samples
     with tempfile.TemporaryDirectory() as tokenizer_dir:
-        tokenizer = build_qwen_like_tokenizer(tokenizer_dir)
+        tokenizer = save_byte_tokenizer(tokenizer_dir)
         results = {with_key: asyncio.run(run(args, tokenizer_dir, tokenizer, with_key)) for with_key in (True, False)}
 
-    print(f"{trajectories} trajectories ({args.groups} groups x {args.samples}), 3 calls each, 2 engines")
-    print("tokens re-read per trajectory: earlier turns of the trajectory | its group's prompt; calls served")
-    print(f"{'':24}{'with routing key':>34}{'without (today)':>34}")
-    for i in range(2):
-        cells = []
-        for with_key in (True, False):
-            engine = results[with_key][0][i]
-            cells.append(f"{engine.turn_rereads / trajectories:8.1f} | {engine.prompt_rereads / trajectories:6.1f}; {engine.calls:4d} calls")
-        print(f"{'engine ' + str(i):24}{cells[0]:>34}{cells[1]:>34}")
-    totals = []
-    for with_key in (True, False):
-        engines = results[with_key][0]
-        turns = sum(e.turn_rereads for e in engines) / trajectories
-        prompts = sum(e.prompt_rereads for e in engines) / trajectories
-        totals.append(f"{turns:8.1f} | {prompts:6.1f}; {sum(e.prefilled for e in engines) // trajectories:4d} prefilled")
-    print(f"{'both':24}{totals[0]:>34}{totals[1]:>34}")
+    print(f"{trajectories} trajectories ({args.groups} groups x {args.samples}), 3 calls each, 2 engines; bytes per trajectory")
+    print("re-read: of the trajectory's earlier turns | of its group's prompt")
+    print(f"{'':10}{'with routing key':>30}{'without (today)':>30}")
+    rows = [(f"engine {i}", [[results[k][0][i]] for k in (True, False)]) for i in range(2)]
+    rows.append(("both", [results[k][0] for k in (True, False)]))
+    for name, per_run in rows:
+        cells = [
+            f"{sum(e.turn_rereads for e in engines) / trajectories:8.1f} | {sum(e.prompt_rereads for e in engines) / trajectories:6.1f}"
+            for engines in per_run
+        ]
+        print(f"{name:10}{cells[0]:>30}{cells[1]:>30}")
+    prefilled = [sum(e.prefilled for e in results[k][0]) / trajectories for k in (True, False)]
+    calls = [" / ".join(str(e.calls) for e in results[k][0]) for k in (True, False)]
+    print(f"{'prefilled':10}{prefilled[0]:>30.1f}{prefilled[1]:>30.1f}")
+    print(f"{'calls':10}{calls[0]:>30}{calls[1]:>30}")
 
     keyed, _ = results[True]
     spread = [sum(1 for engine in results[True][1].keys.values() if engine == i) for i in range(2)]
