@@ -19,10 +19,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from aiohttp import web
 from transformers import AutoTokenizer
 
 from generate_with_search import INFORMATION_HEAD, INFORMATION_TAIL
 from tests.conftest import World
+from tests.fakes.loopback import LoopbackServer
 from tests.fakes.retriever import doc
 from tests.fakes.sglang import FakeSGLang, Turn
 from tests.fakes.tokenizer import build_qwen3_like_tokenizer
@@ -125,6 +127,42 @@ async def test_every_turn_carries_the_session_key_with_consistent_hashing(world,
     assert uuid.UUID(sample.session_id)  # slime named the sample
     assert world.sglang.routing_keys == [sample.session_id] * 3
     assert sample.reward == 1.0
+
+
+class EnginePerKey(LoopbackServer):
+    """A router in front of one scripted engine per routing key: each key's turns must all reach
+    its own engine, or that engine sees input it never produced (HTTP 400)."""
+
+    def __init__(self, tokenizer, prompt_ids, turns):
+        self.engines: dict[str, FakeSGLang] = {}
+        self.make = lambda: FakeSGLang(tokenizer, prompt_ids, list(turns))
+        app = web.Application()
+        app.router.add_post("/generate", self.route)
+        super().__init__(app)
+
+    async def route(self, request):
+        key = request.headers.get("X-SMG-Routing-Key")
+        if key is None:
+            return web.Response(status=400, text="no routing key")
+        return await self.engines.setdefault(key, self.make()).handle_generate(request)
+
+
+@pytest.mark.parametrize("slime", WITH_SESSIONS, indirect=True)
+async def test_each_sample_of_a_group_keeps_its_own_key_on_every_turn(world, slime):
+    from slime.utils.types import Sample
+
+    await world.serve([])
+    router = await EnginePerKey(world.tokenizer, world.prompt_ids, [Turn(SEARCH_TURN), Turn(SEARCH_AGAIN), Turn(ANSWER_TURN)]).__aenter__()
+    try:
+        args = slime_args(world, router_policy="consistent_hashing", sglang_router_port=router.port, n_samples_per_prompt=2)
+        group = await rollout(args, [world.sample(Sample), world.sample(Sample)])
+    finally:
+        await router.__aexit__(None, None, None)
+
+    assert sorted(router.engines) == sorted(sample.session_id for sample in group) and len(router.engines) == 2
+    for sample in group:
+        assert router.engines[sample.session_id].routing_keys == [sample.session_id] * 3
+        assert sample.reward == 1.0
 
 
 @pytest.mark.parametrize("slime", WITH_SESSIONS, indirect=True)
