@@ -23,6 +23,12 @@ resumed turn is parsed from the whole turn's text; if the abort landed on the to
 the action, that action runs without a new generation. One limit, inherited from SGLang: a stop string
 split exactly across the abort point is not seen by the engine, which then writes on past it.
 
+slime's rollout modes (README "slime's rollout modes"): with ``--router-policy consistent_hashing``
+every turn carries ``X-SMG-Routing-Key: <sample.session_id>``; with ``--use-rollout-routing-replay``
+every turn asks for the routed experts, kept at one row per token but the last; observations are
+appended as non-trainable tokens, so top-p replay gives them empty spans; ``evaluation=True``
+(slime's evaluation) never resumes a partial trajectory.
+
 Configuration: ``SEARCH_R1_CONFIGS`` below, overridden per run by a ``search_r1:`` mapping in
 slime's ``--custom-config-path`` YAML (it arrives as ``args.search_r1``), merged at call time.
 """
