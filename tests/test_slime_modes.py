@@ -243,6 +243,24 @@ async def test_routed_experts_cover_an_observation_the_trajectory_ends_on(world,
 
 
 @pytest.mark.parametrize("slime", REVISIONS, indirect=True)
+async def test_routed_experts_after_a_partial_rollout_resumes_an_aborted_turn(world, slime):
+    from slime.utils.types import Sample
+
+    t1 = world.ids(SEARCH_TURN)
+    await world.serve([Turn(ids=t1, abort_after=5), Turn(ids=t1[5:]), Turn(ANSWER_TURN)])
+    args = replay_args(world, partial_rollout=True)
+
+    (sample,) = await rollout(args, [world.sample(Sample)])
+    assert sample.status == Sample.Status.ABORTED
+    assert np.asarray(sample.rollout_routed_experts).tolist() == FakeSGLang.experts(range(len(sample.tokens) - 1))
+    (sample,) = await rollout(args, [sample])  # slime hands the partial sample back
+
+    assert sample.reward == 1.0 and len(world.sglang.requests) == 3
+    assert np.asarray(sample.rollout_routed_experts).tolist() == FakeSGLang.experts(range(len(sample.tokens) - 1))
+    train_data(args, [sample])
+
+
+@pytest.mark.parametrize("slime", REVISIONS, indirect=True)
 async def test_no_routed_experts_requested_without_replay(world, slime):
     from slime.utils.types import Sample
 
@@ -326,6 +344,8 @@ async def test_evaluation_through_eval_config_uses_each_data_sets_settings(world
         eval_max_prompt_len=None, eval_reward_key=None, eval_config=str(config_file),
         custom_generate_function_path=None if per_dataset else "generate_with_search.generate",
         custom_rm_path=None if "custom_rm_path" in per_dataset else "generate_with_search.reward_func",
+        # slime's evaluation names no session: the plugin gives the sample one for its turns.
+        router_policy="consistent_hashing" if slime in WITH_SESSIONS else None,
     )
     # --eval-config as slime's argument parsing reads it (its OmegaConf load gives this same dict).
     eval_config = yaml.safe_load(config_file.read_text())["eval"]
@@ -338,6 +358,8 @@ async def test_evaluation_through_eval_config_uses_each_data_sets_settings(world
     (sample,) = nq["samples"]
     assert sample.response == SEARCH_TURN + HAMLET_OBS + ANSWER_TURN
     assert sample.metadata["data_source"] == "nq" and sample.metadata["search_r1"]["answered"]
+    if slime in WITH_SESSIONS:
+        assert uuid.UUID(sample.session_id) and world.sglang.routing_keys == [sample.session_id] * 2
     first = world.sglang.requests[0]["sampling_params"]
     assert first["max_new_tokens"] == 300 and first["temperature"] == 0.0  # the data set's budget and sampling
     assert first["stop"] == per_dataset.get("stop", []) + ["</search>", "</answer>"]
