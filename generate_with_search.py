@@ -23,18 +23,26 @@ resumed turn is parsed from the whole turn's text; if the abort landed on the to
 the action, that action runs without a new generation. One limit, inherited from SGLang: a stop string
 split exactly across the abort point is not seen by the engine, which then writes on past it.
 
+slime's rollout modes (README "slime's rollout modes"): with ``--router-policy consistent_hashing``
+every turn carries ``X-SMG-Routing-Key: <sample.session_id>``; with ``--use-rollout-routing-replay``
+every turn asks for the routed experts, kept at one row per token but the last; observations are
+appended as non-trainable tokens, so top-p replay gives them empty spans; ``evaluation=True``
+(slime's evaluation) never resumes a partial trajectory.
+
 Configuration: ``SEARCH_R1_CONFIGS`` below, overridden per run by a ``search_r1:`` mapping in
 slime's ``--custom-config-path`` YAML (it arrives as ``args.search_r1``), merged at call time.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import functools
 import logging
 import re
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -188,6 +196,12 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
+def _encode_observation(tokenizer, text: str) -> list[int]:
+    # Retrieved text is data: a passage holding "<|im_end|>" or "<think>" must reach the model as
+    # those characters, never as the control token that ends its turn or opens its reasoning.
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]) if text else []
+
+
 def _decode_whole_chars(tokenizer, ids: list[int]) -> tuple[list[int], str]:
     # A cut can split a multi-byte character across tokens; drop the dangling piece rather than
     # showing the model a replacement character.
@@ -208,15 +222,15 @@ def fit_observation(tokenizer, head: str, body: str, tail: str, limit: int) -> t
     the whole text is cut: the budget is then spent and the trajectory ends TRUNCATED anyway.
     """
     text = head + body + tail
-    ids = _encode(tokenizer, text)
+    ids = _encode_observation(tokenizer, text)
     if len(ids) <= limit:
         return ids, text, False
-    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
+    head_ids, tail_ids = _encode_observation(tokenizer, head), _encode_observation(tokenizer, tail)
     room = limit - len(head_ids) - len(tail_ids)
     if room < 0:
         cut_ids, cut_text = _decode_whole_chars(tokenizer, ids[:limit])
         return cut_ids, cut_text, True
-    body_ids, body_text = _decode_whole_chars(tokenizer, _encode(tokenizer, body)[:room])
+    body_ids, body_text = _decode_whole_chars(tokenizer, _encode_observation(tokenizer, body)[:room])
     return head_ids + body_ids + tail_ids, head + body_text + tail, True
 
 
@@ -239,6 +253,8 @@ def _append(sample: Any, args: Any, ids: list[int], log_probs: list[float] | Non
     ] * len(ids)
     earlier = sample.rollout_log_probs if sample.rollout_log_probs is not None else [0.0] * previous
     sample.rollout_log_probs = list(earlier) + (log_probs if log_probs is not None else [0.0] * len(ids))
+    if meta_info is not None and "routed_experts" in meta_info:
+        _keep_routed_experts(args, sample, meta_info)
 
 
 # ---------------------------------------------------------------------------- the turn loop
@@ -263,11 +279,12 @@ def _count_action(metrics: dict[str, Any], action: str | None) -> None:
     metrics["answered"] = metrics["answered"] or action == "answer"
 
 
-def _start(args: Any, sample: Any, tokenizer) -> dict[str, Any]:
+def _start(args: Any, sample: Any, tokenizer, evaluation: bool) -> dict[str, Any]:
     """Prepare the sample for generation; return its metrics (continued on a partial rollout)."""
     Status = type(sample).Status
     resuming = (
-        getattr(args, "partial_rollout", False)
+        not evaluation
+        and getattr(args, "partial_rollout", False)
         and sample.status == Status.ABORTED
         and sample.response_length > 0
         and "search_r1" in (sample.metadata or {})
@@ -295,6 +312,13 @@ def _start(args: Any, sample: Any, tokenizer) -> dict[str, Any]:
     sample.response_length = 0
     sample.loss_mask = []
     sample.rollout_log_probs = None
+    # What newer slime keeps per response token or turn, left over from an aborted attempt that
+    # starts again from the prompt (fully async training requeues aborted samples).
+    for name in ("rollout_top_p_token_ids", "rollout_top_p_token_offsets", "rollout_routed_experts"):
+        if hasattr(sample, name):
+            setattr(sample, name, None)
+    if hasattr(sample, "weight_versions"):
+        sample.weight_versions = []
     if sample.metadata is None:
         sample.metadata = {}
     sample.metadata["search_r1"] = metrics = _new_metrics()
@@ -306,14 +330,68 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
     return list(dict.fromkeys([*caller, *_ACTION_STOPS]))
 
 
-async def _generate_turn(url: str, sample: Any, sampling_params: dict[str, Any], max_new_tokens: int) -> dict:
+def _routing_headers(args: Any, sample: Any) -> dict[str, str] | None:
+    """slime's session routing (``--router-policy consistent_hashing``): every turn of a trajectory
+    carries its session id, so the router sends it to the engine whose radix cache holds its prefix."""
+    if getattr(args, "router_policy", None) != "consistent_hashing":
+        return None
+    if not hasattr(sample, "session_id"):
+        raise ValueError(
+            "--router-policy consistent_hashing needs slime's session ids (Sample.session_id, slime 2026-04 "
+            "or later); this slime has none: update slime or choose another router policy"
+        )
+    if not sample.session_id:
+        # slime names the samples of a rollout group; its evaluation calls generate without one.
+        sample.session_id = str(uuid.uuid4())
+    return {"X-SMG-Routing-Key": sample.session_id}
+
+
+def _keep_routed_experts(args: Any, sample: Any, meta: dict) -> None:
+    """Routed-expert replay on a slime without ``append_response_tokens``: keep SGLang's
+    ``routed_experts`` (base64 int32, one row per token of the whole sequence but the last: each
+    turn's prefill routes the observations before it) as that slime's own generate does, shaped
+    (rows, num_layers, moe_router_topk)."""
+    import numpy as np
+
+    experts = np.frombuffer(base64.b64decode(meta["routed_experts"]), dtype=np.int32)
+    rows = len(sample.tokens) - 1
+    if experts.size != rows * args.num_layers * args.moe_router_topk:
+        raise ValueError(
+            f"SGLang returned {experts.size} routed-expert ids, expected {rows} tokens x {args.num_layers} layers "
+            f"x {args.moe_router_topk} experts"
+        )
+    sample.rollout_routed_experts = experts.reshape(rows, args.num_layers, args.moe_router_topk)
+
+
+def _cover_trailing_observation(sample: Any) -> None:
+    """One routed-expert row per token but the last, as slime's trainer requires. When the trajectory
+    ends on an observation (the budget ran out), the engine never read it nor the model token before
+    it, so they have no rows. No trained token's log-prob depends on their routing (each is computed
+    from the positions before it, and nothing follows them), so they repeat the last routed row: a
+    valid routing, as slime's trainer pads the final token of every sequence."""
+    import numpy as np
+
+    experts = getattr(sample, "rollout_routed_experts", None)
+    if experts is None:
+        return
+    missing = len(sample.tokens) - 1 - len(experts)
+    if missing > 0:
+        experts = np.asarray(experts)
+        sample.rollout_routed_experts = np.concatenate([experts, np.repeat(experts[-1:], missing, axis=0)])
+
+
+async def _generate_turn(
+    url: str, sample: Any, sampling_params: dict[str, Any], max_new_tokens: int, headers: dict | None, replay: bool
+) -> dict:
     payload = {
         "input_ids": list(sample.tokens),
         "sampling_params": {**sampling_params, "max_new_tokens": max_new_tokens},
         # Always: the token ids come from output_token_logprobs, whatever return_logprob says.
         "return_logprob": True,
     }
-    output = await request_json("POST", url, json=payload, policy=_GENERATE_POLICY, what="generate")
+    if replay:
+        payload["return_routed_experts"] = True
+    output = await request_json("POST", url, json=payload, headers=headers, policy=_GENERATE_POLICY, what="generate")
     meta = output.get("meta_info") if isinstance(output, dict) else None
     if not isinstance(meta, dict) or "output_token_logprobs" not in meta or "finish_reason" not in meta:
         raise RequestFailed(f"/generate answered without meta_info.output_token_logprobs/finish_reason: {str(output)[:200]!r}")
@@ -331,15 +409,22 @@ def _fail(sample: Any, exc: RequestFailed) -> None:
     sample.metadata["search_r1"]["generate_error"] = str(exc)
 
 
-async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> Any:
-    """slime's custom generate hook: run one Search-R1 trajectory for ``sample``."""
+async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False) -> Any:
+    """slime's custom generate hook: run one Search-R1 trajectory for ``sample``.
+
+    ``evaluation``: slime's evaluation (``--eval-interval``); ``sampling_params`` then hold the
+    dataset's settings (``--eval-config``: its ``max_response_len`` is the budget, its ``stop``
+    strings are added to ours) and an evaluation sample always starts from its prompt.
+    """
     config = resolve_config(args)
     Status = type(sample).Status
     tokenizer = load_tokenizer(args.hf_checkpoint)
     budget = sampling_params.get("max_new_tokens")
     if not isinstance(budget, int) or budget < 1:
         raise ValueError(f"sampling_params['max_new_tokens'] must be a positive int (the response budget), got {budget!r}")
-    metrics = _start(args, sample, tokenizer)
+    replay = getattr(args, "use_rollout_routing_replay", False)
+    headers = _routing_headers(args, sample)
+    metrics = _start(args, sample, tokenizer, evaluation)
     turn_text = metrics.pop("partial_turn_text", "")
     local_backend = config["search_backend"] == "local"
     if local_backend:
@@ -357,7 +442,7 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> A
                 sample.status = Status.TRUNCATED
                 break
             try:
-                output = await _generate_turn(url, sample, request_params, remaining)
+                output = await _generate_turn(url, sample, request_params, remaining, headers, replay)
             except RequestFailed as exc:
                 _fail(sample, exc)
                 break
@@ -395,9 +480,24 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any]) -> A
 
     if local_backend:
         metrics["client_stats_end"] = _client_stats()
+    if replay:
+        _cover_trailing_observation(sample)
     if not config["return_logprob"]:
         sample.rollout_log_probs = None
     return sample
+
+
+# The thinking block a chat template writes at the end of the generation prompt (Qwen3 with
+# enable_thinking=False): the model's turn continues after it.
+_PROMPT_THINKING_BLOCK = re.compile(r"<think>\s*</think>\s*$")
+
+
+def _assistant_turn(sample: Any) -> str:
+    """What the format check reads: the response, after the thinking block the chat template put at
+    the end of the prompt, if any (Search-R1 checked the whole assistant turn; its Qwen2.5 template
+    wrote none, so there it is the response alone)."""
+    block = _PROMPT_THINKING_BLOCK.search(sample.prompt) if isinstance(sample.prompt, str) else None
+    return (block.group(0) if block else "") + sample.response
 
 
 async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
@@ -412,4 +512,4 @@ async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
             "sample.label must look like {'ground_truth': {'target': [answers...]}} (run slime with "
             f"--label-key reward_model on Search-R1 data), got {sample.label!r}"
         ) from exc
-    return float(compute_score_em(sample.response, targets, format_score=config["format_score"]))
+    return float(compute_score_em(_assistant_turn(sample), targets, format_score=config["format_score"]))

@@ -12,6 +12,7 @@ from search_r1_slime.http_client import close_shared_session
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLang, Turn
 from tests.fakes.tokenizer import build_qwen_like_tokenizer
+from tests.real_slime import SlimeSources, imported
 
 QUESTION = "who wrote hamlet?"
 HAMLET_DOCS = [
@@ -33,6 +34,19 @@ def tokenizer_dir(tmp_path_factory) -> str:
 def tokenizer(tokenizer_dir):
     # Loaded exactly as the plugin loads args.hf_checkpoint.
     return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def slime_sources(tmp_path_factory) -> SlimeSources:
+    """slime's source archives (../shared/slime/), each unpacked once per session on first use."""
+    return SlimeSources(tmp_path_factory.mktemp("slime"))
+
+
+@pytest.fixture
+def slime(request, slime_sources):
+    """slime at the revision a test is parametrized with (``indirect=True``), imported for the test."""
+    with imported(slime_sources.path(request.param)):
+        yield request.param
 
 
 def encode(tokenizer, text: str) -> list[int]:

@@ -8,6 +8,13 @@ decides when to stop the way ``Req.check_finished`` does, token by token: an abo
 stop token(s) stay in ``output_token_logprobs``; ``text`` keeps the matched stop string only with
 ``no_stop_trim``, and it may carry characters past the stop string when the last token does.
 
+Newer SGLang's replay outputs for slime: with ``return_routed_experts`` the answer carries
+``routed_experts`` (base64 int32, one row of ``num_layers x topk`` expert ids per token of the whole
+sequence but the last; ``FakeSGLang.expert(position, layer, k)`` computes each id), and with
+``custom_params: {"return_top_p_token_ids": true}`` it carries ``top_p_token_ids`` and
+``top_p_token_offsets`` (two kept ids per generated token: the token and ``FakeSGLang.TOP_P_ALT``).
+The ``X-SMG-Routing-Key`` header of each request is kept in ``routing_keys`` (None without one).
+
 Each request consumes one ``Turn`` of the script. The text of a turn is what the model *would*
 write; the engine cuts it where a stop condition fires. Log-probs are a pure function of the
 absolute position in the sequence (``FakeSGLang.logprob(position)``) so tests can assert exact
@@ -19,6 +26,7 @@ or a scripted turn that runs out before any stop condition (HTTP 500).
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections import deque
 from dataclasses import dataclass
@@ -27,7 +35,7 @@ from aiohttp import web
 
 from tests.fakes.loopback import LoopbackServer
 
-_REQUEST_FIELDS = {"input_ids", "sampling_params", "return_logprob", "rid", "stream", "logprob_start_len"}
+_REQUEST_FIELDS = {"input_ids", "sampling_params", "return_logprob", "rid", "stream", "logprob_start_len", "return_routed_experts"}
 _SAMPLING_FIELDS = {
     "max_new_tokens", "min_new_tokens", "stop", "stop_token_ids", "temperature", "top_p", "top_k", "min_p",
     "frequency_penalty", "presence_penalty", "repetition_penalty", "ignore_eos", "skip_special_tokens",
@@ -57,10 +65,14 @@ class GenerateScriptError(Exception):
 
 
 class FakeSGLang(LoopbackServer):
+    NUM_LAYERS, TOPK, NUM_EXPERTS = 2, 2, 8  # the MoE shape of the routed experts served
+    TOP_P_ALT = 1  # the second token id kept by top-p at every step
+
     def __init__(self, tokenizer, prompt_ids: list[int], turns: list[Turn], *, weight_version: str = "7"):
         self.tokenizer = tokenizer
         self.turns = deque(turns)
         self.requests: list[dict] = []
+        self.routing_keys: list[str | None] = []
         self.failures: deque[int] = deque()  # HTTP statuses served before normal answers
         self.weight_version = weight_version
         self._expected_prefix = list(prompt_ids)
@@ -79,6 +91,15 @@ class FakeSGLang(LoopbackServer):
         """The log-prob the stand-in reports for a token at absolute ``position`` in the sequence."""
         return -(position + 1) / 1000
 
+    @classmethod
+    def expert(cls, position: int, layer: int, k: int) -> int:
+        """The expert the stand-in routes the token at absolute ``position`` to, in ``layer``, choice ``k``."""
+        return (position + layer * 3 + k) % cls.NUM_EXPERTS
+
+    @classmethod
+    def experts(cls, positions: range) -> list[list[list[int]]]:
+        return [[[cls.expert(p, layer, k) for k in range(cls.TOPK)] for layer in range(cls.NUM_LAYERS)] for p in positions]
+
     @property
     def generate_url(self) -> str:
         return self.url("/generate")
@@ -91,6 +112,7 @@ class FakeSGLang(LoopbackServer):
         """The ``/generate`` handler (public so ``FakeSGLangPerPrompt`` can route to it)."""
         body = await request.json()
         self.requests.append(body)
+        self.routing_keys.append(request.headers.get("X-SMG-Routing-Key"))
         if self.failures:
             status = self.failures.popleft()
             return web.Response(status=status, text=f"injected {status}")
@@ -187,18 +209,22 @@ class FakeSGLang(LoopbackServer):
         cached = len(list(itertools.takewhile(lambda pair: pair[0] == pair[1], zip(input_ids, self._previous_sequence))))
         self._previous_sequence = input_ids + out
         self._expected_prefix = input_ids + out
-        return {
-            "text": text,
-            "meta_info": {
-                "id": f"fake-{next(self._rids)}",
-                "finish_reason": finish,
-                "prompt_tokens": len(input_ids),
-                "completion_tokens": len(out),
-                "cached_tokens": cached,
-                "weight_version": self.weight_version,
-                "output_token_logprobs": [[self.logprob(start + i), token, None] for i, token in enumerate(out)],
-            },
+        meta = {
+            "id": f"fake-{next(self._rids)}",
+            "finish_reason": finish,
+            "prompt_tokens": len(input_ids),
+            "completion_tokens": len(out),
+            "cached_tokens": cached,
+            "weight_version": self.weight_version,
+            "output_token_logprobs": [[self.logprob(start + i), token, None] for i, token in enumerate(out)],
         }
+        if body.get("return_routed_experts"):
+            routed = [e for row in self.experts(range(start + len(out) - 1)) for layer in row for e in layer]
+            meta["routed_experts"] = base64.b64encode(b"".join(e.to_bytes(4, "little") for e in routed)).decode("ascii")
+        if (params.get("custom_params") or {}).get("return_top_p_token_ids"):
+            meta["top_p_token_ids"] = [i for token in out for i in (token, self.TOP_P_ALT)]
+            meta["top_p_token_offsets"] = list(range(0, 2 * len(out) + 1, 2))
+        return {"text": text, "meta_info": meta}
 
 
 class FakeSGLangPerPrompt(LoopbackServer):

@@ -1,4 +1,4 @@
-"""An offline stand-in for Qwen2.5's tokenizer, saved to disk like a real checkpoint.
+"""Offline stand-ins for Qwen2.5's and Qwen3's tokenizers, saved to disk like real checkpoints.
 
 The plugin loads its tokenizer with ``AutoTokenizer.from_pretrained(args.hf_checkpoint)``; the
 hub is out of reach here, so ``build_qwen_like_tokenizer(path)`` trains a small byte-level BPE
@@ -8,13 +8,18 @@ hub is out of reach here, so ``build_qwen_like_tokenizer(path)`` trains a small 
 stable across runs; tests still compute expected ids with the tokenizer instead of hard-coding
 them. Handy property of the trained merges: ``"</answer>."`` ends in the single token ``">."``,
 so a stop string can end in the middle of a token, as it does with real BPE vocabularies.
+
+``build_qwen3_like_tokenizer(path)`` adds what sets Qwen3 apart: ``<think>`` and ``</think>`` are
+single added tokens that are not special (so ``skip_special_tokens`` keeps them in the text), its
+chat template has no default system prompt, and with ``enable_thinking=False`` (slime's
+``--apply-chat-template-kwargs``) the generation prompt ends with an empty thinking block.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -54,6 +59,18 @@ _TRAINING_TEXT = [
 ]
 
 
+# Qwen3's template for a plain conversation (no tools, no earlier reasoning to strip).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
 def build_qwen_like_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Train the tokenizer, save it (with its chat template) under ``path`` and return it."""
     model = Tokenizer(models.BPE())
@@ -73,5 +90,14 @@ def build_qwen_like_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
         additional_special_tokens=["<|im_start|>"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(path))
+    return tokenizer
+
+
+def build_qwen3_like_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """The same vocabulary with Qwen3's thinking tokens and chat template, saved under ``path``."""
+    tokenizer = build_qwen_like_tokenizer(path)
+    tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     tokenizer.save_pretrained(str(path))
     return tokenizer
