@@ -163,17 +163,28 @@ def _error(description: str, model: type[BaseModel] = ErrorMessage, headers: dic
     return doc
 
 
+# What any path may answer before the app sees the request (local_dense_retriever.http_limits).
+HEAD_REFUSALS: dict[int | str, dict] = {
+    408: _error("the request head did not arrive within --header_timeout_s; the connection is closed"),
+    431: _error("the request head is larger than --max_header_bytes or has more than --max_headers headers; "
+                "the connection is closed"),
+}
+
+
 def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
     """Every answer ``POST /retrieve`` can give (FastAPI's ``responses``)."""
     responses: dict[int | str, dict] = {
         200: {"model": RetrieveResponse, "description": "the passages for each query"},
-        408: _error("the body did not arrive within --body_timeout_s; the connection is closed"),
+        **HEAD_REFUSALS,
+        408: _error("the request head did not arrive within --header_timeout_s, or the body within --body_timeout_s; "
+                    "the connection is closed"),
         413: _error("the body is larger than --max_body_bytes (from Content-Length, before it is read); the connection is closed"),
         422: _error("the body is not valid JSON or breaks a constraint of the request schema (a near miss of a field's "
                     "name, such as top_k for topk, included)", ValidationErrorBody),
         500: _error("the search failed (the reason is in detail); the next request is served normally"),
         503: _error(
-            "the retriever is loading or overloaded; retry later",
+            "the retriever is loading or overloaded, or --max_connections connections are open (then the connection "
+            "is closed); retry later",
             headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 0}}},
         ),
     }
@@ -187,5 +198,7 @@ def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
 
 HEALTH_RESPONSES: dict[int | str, dict] = {
     200: {"model": Health, "description": "ready"},
-    503: {"model": Health, "description": "loading, or loading failed (see error)"},
+    **HEAD_REFUSALS,
+    503: {"model": Health, "description": "loading, or loading failed (see error); beyond --max_connections open "
+                                         "connections the body is {\"detail\"} and the connection is closed"},
 }

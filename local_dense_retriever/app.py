@@ -35,11 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from local_dense_retriever.api import HEALTH_RESPONSES, format_result, request_model, retrieve_responses
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
 from local_dense_retriever.retriever import Hit, Retriever, load_retriever
-from local_dense_retriever.server_config import ServerConfig
+from local_dense_retriever.server_config import RETRY_AFTER_S, ServerConfig
 
 logger = logging.getLogger(__name__)
-
-RETRY_AFTER_S = "1"
 
 
 class _State:
@@ -245,7 +243,7 @@ def create_app(
         raw.state.queries = len(request.queries)  # for the request's log line
         if state.batcher is None or state.retriever is None:
             detail = f"the retriever is {state.status}" + (f": {state.error}" if state.error else "; retry shortly")
-            return _json({"detail": detail}, 503, {"Retry-After": RETRY_AFTER_S})
+            return _json({"detail": detail}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         # A corpus smaller than topk gives all its passages (as an index with fewer hits would).
         topk = min(request.topk if request.topk is not None else config.topk, len(state.retriever))
         if (problem := state.retriever.topk_problem(topk)) is not None:
@@ -253,7 +251,7 @@ def create_app(
         try:
             hits = await state.batcher.submit(request.queries, topk)
         except Overloaded as exc:
-            return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": RETRY_AFTER_S})
+            return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         except Exception as exc:  # the batch failed (logged with its traceback by the worker)
             return _json({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, 500)
         return _json(format_result(hits, request.return_scores))

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from local_dense_retriever.app import create_app
 from local_dense_retriever.bm25 import build_bm25_index
 from local_dense_retriever.corpus import CorpusStore
+from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.encoder import Encoder
 from local_dense_retriever.index_builder import build_dense_index
 from local_dense_retriever.retriever import load_retriever
@@ -288,9 +289,9 @@ def test_a_failing_search_gives_a_500_with_the_reason_and_the_next_request_works
 
 
 @contextlib.contextmanager
-def serve(app) -> str:
-    """The app on a real uvicorn server at a free loopback port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+def serve(app, config: ServerConfig) -> str:
+    """The app on a real uvicorn server at a free loopback port, as the command line runs it; yields its base URL."""
+    server = uvicorn.Server(uvicorn_config(app, config, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -305,7 +306,7 @@ def serve(app) -> str:
 
 async def test_many_concurrent_clients_each_get_their_own_results(dense_config, expected):
     app = create_app(dense_config)
-    with serve(app) as url:
+    with serve(app, dense_config) as url:
         async with aiohttp.ClientSession() as session:
             while (await (await session.get(f"{url}/health")).json())["status"] == "loading":
                 await asyncio.sleep(0.02)
