@@ -249,7 +249,7 @@ def create_app(
         if (problem := state.retriever.topk_problem(topk)) is not None:
             return _json({"detail": problem}, 422)
         try:
-            hits = await state.batcher.submit(request.queries, topk)
+            hits = await _search_non_blank(state.batcher, request.queries, topk)
         except Overloaded as exc:
             return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         except Exception as exc:  # the batch failed (logged with its traceback by the worker)
@@ -257,6 +257,20 @@ def create_app(
         return _json(format_result(hits, request.return_scores))
 
     return app
+
+
+async def _search_non_blank(batcher: MicroBatcher[Hit], queries: list[str], topk: int) -> list[list[Hit]]:
+    """Each query's hits; a blank query (empty or whitespace only) gets none and is not searched.
+
+    Upstream's dense server encodes a blank query and answers the passages nearest to its bare
+    prefix, unrelated to anything; refusing it would fail every query sent with it.
+    """
+    asked = [i for i, query in enumerate(queries) if query.strip()]
+    hits: list[list[Hit]] = [[] for _ in queries]
+    if asked:
+        for i, own in zip(asked, await batcher.submit([queries[i] for i in asked], topk)):
+            hits[i] = own
+    return hits
 
 
 def _token_check(api_key: str) -> Callable[..., Awaitable[None]]:
