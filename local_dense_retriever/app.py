@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -145,6 +146,39 @@ class RequestLog:
             )
 
 
+async def _in_daemon_thread(fn: Callable[[ServerConfig], Retriever], config: ServerConfig) -> Retriever:
+    """``fn(config)`` in a daemon thread: a signal during a minutes-long load stops the server at once.
+
+    ``asyncio.to_thread`` runs it in the loop's executor, whose threads ``asyncio.run`` and the
+    interpreter wait for at exit, so Ctrl-C during loading waited for the load to finish. A
+    daemon thread is left behind instead, with its half-done load.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Retriever] = loop.create_future()
+
+    def settle(result: Retriever | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: the server is stopping
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn(config)
+        except BaseException as exc:  # handed to the loop, which reports it
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server stopped during the load
+            pass
+
+    threading.Thread(target=run, name="retriever-load", daemon=True).start()
+    return await future
+
+
 def _refusal(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail, headers={"Connection": "close"})
 
@@ -165,7 +199,7 @@ def create_app(
 
     async def load_in_background() -> None:
         try:
-            retriever = await asyncio.to_thread(load, config)
+            retriever = await _in_daemon_thread(load, config)
         except Exception as exc:
             if isinstance(exc, (ValueError, OSError)):  # a wrong file, flag or model: the reason says it all
                 logger.error("loading the retriever failed: %s", " ".join(str(exc).split()))
