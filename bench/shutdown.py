@@ -36,7 +36,8 @@ def exit_after_signal(tree: Path, sig: signal.Signals, load_s: float, signal_at_
     config = prepare(WORK, show_progress=False)
     # Run as a script, so that local_dense_retriever comes from PYTHONPATH: the tree measured.
     argv = [sys.executable, str(STAND_IN), str(load_s), "--index_path", config.index_path, "--corpus_path",
-            config.corpus_path, "--retriever_model", config.retriever_model, "--port", "0", "--log_level", "info"]
+            config.corpus_path, "--retriever_name", config.retriever_name, "--retriever_model", config.retriever_model,
+            "--port", "0", "--log_level", "info"]
     server = subprocess.Popen(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:

@@ -25,7 +25,7 @@ EXIT_BOUND_S = 10  # generous for a loaded machine, far below the load
 @pytest.mark.parametrize("sig, returncode", [(signal.SIGINT, 0), (signal.SIGTERM, -signal.SIGTERM)], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_loading_exits_long_before_the_load_ends(dense_config, sig, returncode):
     argv = [sys.executable, "-m", "tests.fakes.slow_load_server", str(LOAD_S), "--index_path", dense_config.index_path,
-            "--corpus_path", dense_config.corpus_path, "--retriever_model", dense_config.retriever_model,
+            "--corpus_path", dense_config.corpus_path, "--retriever_name", "e5", "--retriever_model", dense_config.retriever_model,
             "--port", "0", "--log_level", "info"]
     server = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
