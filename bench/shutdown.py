@@ -4,9 +4,9 @@
 
 The server's command line runs in its own process with a load that takes ``--load_s`` seconds
 (tests/fakes/slow_load_server.py, a stand-in for wiki-18's minutes: it waits, as a load reading
-files mostly does) and gets the signal ``--signal_at_s`` seconds after uvicorn serves. Printed per
-signal, as a range over the runs: seconds from the signal to the process's exit, and its exit
-status. ``--baseline DIR`` measures another checkout the same way, e.g. main's:
+files mostly does) and gets the signal ``--signal_at_s`` seconds after the app started, and with
+it the load. Printed per signal, as a range over the runs: seconds from the signal to the
+process's exit, and its exit status. ``--baseline DIR`` measures another checkout the same way, e.g. main's:
 ``git archive main | (mkdir -p /tmp/server_main && tar -x -C /tmp/server_main)``.
 
 Target: exit within 2 s of the signal.
@@ -42,7 +42,7 @@ def exit_after_signal(tree: Path, sig: signal.Signals, load_s: float, signal_at_
                               stderr=subprocess.PIPE, text=True)
     try:
         for line in server.stderr:
-            if "Uvicorn running on" in line:
+            if "Application startup complete" in line:
                 break
         else:
             raise RuntimeError(f"the server exited with {server.wait()} before serving")
@@ -60,7 +60,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--load_s", type=float, default=15.0)
-    p.add_argument("--signal_at_s", type=float, default=3.0, help="seconds after uvicorn serves")
+    p.add_argument("--signal_at_s", type=float, default=3.0, help="seconds after the app started")
     p.add_argument("--baseline", type=Path, default=None, help="another checkout (e.g. main's) to measure the same way")
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """A signal while the retriever loads stops the server promptly (wiki-18 takes minutes to load).
 
 The real command line runs in its own process, with a load that takes a minute (the stand-in
-tests/fakes/slow_load_server.py); the signal comes once uvicorn serves and the load is under way.
+tests/fakes/slow_load_server.py); the signal comes once the app has started (its load with it).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def test_a_signal_during_loading_exits_long_before_the_load_ends(dense_config, s
     server = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
     try:
-        for line in server.stderr:  # uvicorn's start-up lines; the load started with the app
-            if "Uvicorn running on" in line:
+        for line in server.stderr:  # uvicorn's start-up lines: its signal handlers are set, the load has started
+            if "Application startup complete" in line:
                 break
         else:
             pytest.fail(f"the server exited with {server.wait()} before serving")
