@@ -65,7 +65,7 @@ def main() -> int:
     args = p.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     trees = [("this tree", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
-    print(f"load {args.load_s:g} s, signal {args.signal_at_s:g} s after serving, {args.runs} runs; ranges are min-max\n")
+    print(f"load {args.load_s:g} s, signal {args.signal_at_s:g} s after start-up, {args.runs} runs; ranges are min-max\n")
     print(f"{'server':10} {'signal':8} {'s to exit':>10} {'exit status':>12} {'target <2 s':>12}")
     for name, tree in trees:
         for sig in (signal.SIGINT, signal.SIGTERM):
