@@ -345,6 +345,16 @@ def test_the_request_log_can_be_switched_off(dense_config, caplog):
     assert not [r for r in caplog.records if r.getMessage().startswith("POST /retrieve")]
 
 
+def test_health_shows_the_head_and_connection_limits_and_the_flags_set_them(guarded):
+    config = guarded.get("/health").json()["config"]
+    assert {name: config[name] for name in ("max_header_bytes", "max_headers", "header_timeout_s", "max_connections")} == {
+        "max_header_bytes": 16384, "max_headers": 100, "header_timeout_s": 10.0, "max_connections": 1024}
+    flags = ["--max_header_bytes", "4096", "--max_headers", "20", "--header_timeout_s", "2.5", "--max_connections", "64"]
+    set_by_flags = config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags]))
+    assert (set_by_flags.max_header_bytes, set_by_flags.max_headers, set_by_flags.header_timeout_s,
+            set_by_flags.max_connections) == (4096, 20, 2.5, 64)
+
+
 def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     def api_key(*flags: str) -> str | None:
         return config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags])).api_key
