@@ -23,12 +23,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 
 from local_dense_retriever.retriever import Hit
 
-# A query must contain a character outside this class: Python's whitespace (str.isspace, what
-# str.strip removes), spelled out so that ECMA-262 regex engines (JSON Schema's dialect, whose \s
-# differs in a few characters) and Python read the published pattern the same way.
-NOT_BLANK_PATTERN = r"[^\t\n\v\f\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
-_NOT_BLANK = re.compile(NOT_BLANK_PATTERN)
-
 # For each field, the names a client may have meant it by: another case, a separator between its
 # words, singular for plural. Written in the subset of regex syntax that Python and ECMA-262 (JSON
 # Schema's dialect) read alike, so the schema can publish the same rule the server applies.
@@ -64,9 +58,9 @@ def _whole_number(value: Any) -> Any:
 
 def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type[BaseModel]:
     """A request model with the server's bounds (pydantic reports violations as 422)."""
-    # The validator below enforces the per-query bounds with messages that name the query; the
-    # schema states the same bounds for schema-driven clients.
-    query_schema = {"type": "string", "maxLength": max_query_chars, "pattern": NOT_BLANK_PATTERN}
+    # The validator below enforces the per-query bound with a message that names the query; the
+    # schema states the same bound for schema-driven clients.
+    query_schema = {"type": "string", "maxLength": max_query_chars}
 
     class RetrieveRequest(BaseModel):
         model_config = ConfigDict(json_schema_extra={"propertyNames": {"not": {"pattern": NEAR_MISS_PATTERN}}})
@@ -74,7 +68,8 @@ def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type
         queries: list[str] = Field(
             min_length=1,
             max_length=max_queries,
-            description=f"1 to {max_queries} queries, each of 1 to {max_query_chars} characters, not all whitespace",
+            description=f"1 to {max_queries} queries of at most {max_query_chars} characters each; a blank query "
+                        "(empty or whitespace only) gets an empty list of its own, the others their passages",
             json_schema_extra={"items": query_schema},
         )
         # None (or absent): the server's --topk. A corpus smaller than topk gives all its passages.
@@ -92,10 +87,8 @@ def request_model(max_queries: int, max_query_chars: int, max_topk: int) -> type
 
         @field_validator("queries")
         @classmethod
-        def _queries_are_text(cls, queries: list[str]) -> list[str]:
+        def _queries_are_short(cls, queries: list[str]) -> list[str]:
             for i, query in enumerate(queries):
-                if not _NOT_BLANK.search(query):
-                    raise ValueError(f"queries[{i}] is empty or blank; every query must contain text")
                 if len(query) > max_query_chars:
                     raise ValueError(
                         f"queries[{i}] has {len(query)} characters; the limit is {max_query_chars} "
@@ -163,17 +156,28 @@ def _error(description: str, model: type[BaseModel] = ErrorMessage, headers: dic
     return doc
 
 
+# What any path may answer before the app sees the request (local_dense_retriever.http_limits).
+HEAD_REFUSALS: dict[int | str, dict] = {
+    408: _error("the request head did not arrive within --header_timeout_s; the connection is closed"),
+    431: _error("the request head is larger than --max_header_bytes or has more than --max_headers headers; "
+                "the connection is closed"),
+}
+
+
 def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
     """Every answer ``POST /retrieve`` can give (FastAPI's ``responses``)."""
     responses: dict[int | str, dict] = {
         200: {"model": RetrieveResponse, "description": "the passages for each query"},
-        408: _error("the body did not arrive within --body_timeout_s; the connection is closed"),
+        **HEAD_REFUSALS,
+        408: _error("the request head did not arrive within --header_timeout_s, or the body within --body_timeout_s; "
+                    "the connection is closed"),
         413: _error("the body is larger than --max_body_bytes (from Content-Length, before it is read); the connection is closed"),
         422: _error("the body is not valid JSON or breaks a constraint of the request schema (a near miss of a field's "
                     "name, such as top_k for topk, included)", ValidationErrorBody),
         500: _error("the search failed (the reason is in detail); the next request is served normally"),
         503: _error(
-            "the retriever is loading or overloaded; retry later",
+            "the retriever is loading or overloaded, or --max_connections connections are open (then the connection "
+            "is closed); retry later",
             headers={"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 0}}},
         ),
     }
@@ -187,5 +191,7 @@ def retrieve_responses(*, with_token: bool) -> dict[int | str, dict]:
 
 HEALTH_RESPONSES: dict[int | str, dict] = {
     200: {"model": Health, "description": "ready"},
-    503: {"model": Health, "description": "loading, or loading failed (see error)"},
+    **HEAD_REFUSALS,
+    503: {"model": Health, "description": "loading, or loading failed (see error); beyond --max_connections open "
+                                         "connections the body is {\"detail\"} and the connection is closed"},
 }

@@ -20,6 +20,7 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -35,11 +36,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from local_dense_retriever.api import HEALTH_RESPONSES, format_result, request_model, retrieve_responses
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
 from local_dense_retriever.retriever import Hit, Retriever, load_retriever
-from local_dense_retriever.server_config import ServerConfig
+from local_dense_retriever.server_config import RETRY_AFTER_S, ServerConfig
 
 logger = logging.getLogger(__name__)
-
-RETRY_AFTER_S = "1"
 
 
 class _State:
@@ -147,6 +146,39 @@ class RequestLog:
             )
 
 
+async def _in_daemon_thread(fn: Callable[[ServerConfig], Retriever], config: ServerConfig) -> Retriever:
+    """``fn(config)`` in a daemon thread: a signal during a minutes-long load stops the server at once.
+
+    ``asyncio.to_thread`` runs it in the loop's executor, whose threads ``asyncio.run`` and the
+    interpreter wait for at exit, so Ctrl-C during loading waited for the load to finish. A
+    daemon thread is left behind instead, with its half-done load.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Retriever] = loop.create_future()
+
+    def settle(result: Retriever | None, error: BaseException | None) -> None:
+        if future.done():  # cancelled: the server is stopping
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn(config)
+        except BaseException as exc:  # handed to the loop, which reports it
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is closed: the server stopped during the load
+            pass
+
+    threading.Thread(target=run, name="retriever-load", daemon=True).start()
+    return await future
+
+
 def _refusal(status: int, detail: str) -> HTTPException:
     return HTTPException(status, detail, headers={"Connection": "close"})
 
@@ -167,7 +199,7 @@ def create_app(
 
     async def load_in_background() -> None:
         try:
-            retriever = await asyncio.to_thread(load, config)
+            retriever = await _in_daemon_thread(load, config)
         except Exception as exc:
             if isinstance(exc, (ValueError, OSError)):  # a wrong file, flag or model: the reason says it all
                 logger.error("loading the retriever failed: %s", " ".join(str(exc).split()))
@@ -245,20 +277,34 @@ def create_app(
         raw.state.queries = len(request.queries)  # for the request's log line
         if state.batcher is None or state.retriever is None:
             detail = f"the retriever is {state.status}" + (f": {state.error}" if state.error else "; retry shortly")
-            return _json({"detail": detail}, 503, {"Retry-After": RETRY_AFTER_S})
+            return _json({"detail": detail}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         # A corpus smaller than topk gives all its passages (as an index with fewer hits would).
         topk = min(request.topk if request.topk is not None else config.topk, len(state.retriever))
         if (problem := state.retriever.topk_problem(topk)) is not None:
             return _json({"detail": problem}, 422)
         try:
-            hits = await state.batcher.submit(request.queries, topk)
+            hits = await _search_non_blank(state.batcher, request.queries, topk)
         except Overloaded as exc:
-            return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": RETRY_AFTER_S})
+            return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         except Exception as exc:  # the batch failed (logged with its traceback by the worker)
             return _json({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, 500)
         return _json(format_result(hits, request.return_scores))
 
     return app
+
+
+async def _search_non_blank(batcher: MicroBatcher[Hit], queries: list[str], topk: int) -> list[list[Hit]]:
+    """Each query's hits; a blank query (empty or whitespace only) gets none and is not searched.
+
+    Upstream's dense server encodes a blank query and answers the passages nearest to its bare
+    prefix, unrelated to anything; refusing it would fail every query sent with it.
+    """
+    asked = [i for i, query in enumerate(queries) if query.strip()]
+    hits: list[list[Hit]] = [[] for _ in queries]
+    if asked:
+        for i, own in zip(asked, await batcher.submit([queries[i] for i in asked], topk)):
+            hits[i] = own
+    return hits
 
 
 def _token_check(api_key: str) -> Callable[..., Awaitable[None]]:

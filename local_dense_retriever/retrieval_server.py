@@ -24,6 +24,7 @@ import uvicorn
 
 from local_dense_retriever.cli import ArgumentParser, check_file, check_model, check_output
 from local_dense_retriever.encoder_config import PRECISIONS, add_encoder_arguments, resolve_retriever_name
+from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, ServerConfig
 
@@ -84,6 +85,14 @@ def build_parser() -> ArgumentParser:
                             "from --max_queries_per_request and --max_query_chars)")
     guard.add_argument("--body_timeout_s", type=float, default=defaults.body_timeout_s,
                        help="a request body not complete after this many seconds gets 408")
+    guard.add_argument("--max_header_bytes", type=int, default=defaults.max_header_bytes,
+                       help="a request head (request line and headers) larger than this gets 431")
+    guard.add_argument("--max_headers", type=int, default=defaults.max_headers, help="a request with more headers gets 431")
+    guard.add_argument("--header_timeout_s", type=float, default=defaults.header_timeout_s,
+                       help="a request head not complete after this many seconds gets 408")
+    guard.add_argument("--max_connections", type=int, default=defaults.max_connections,
+                       help="beyond this many open connections a new one gets 503 (the OS's open file limit, "
+                            "ulimit -n, must allow as many)")
     guard.add_argument("--max_topk", type=int, default=defaults.max_topk, help="the largest topk a request may ask for")
     # Read from the environment by config_from_args, not as the flag's default: --help shows defaults.
     guard.add_argument("--api_key", default=None,
@@ -159,8 +168,7 @@ def serve(config: ServerConfig, sock: socket.socket, log_level: str) -> int:
         server.should_exit = True
 
     app = create_app(config, on_load_error=stop_on_load_error)
-    # uvicorn's access log off: the app logs each request itself (app.RequestLog).
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, config, log_level=log_level))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down cleanly and re-raised it

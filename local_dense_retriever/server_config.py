@@ -9,6 +9,8 @@ from local_dense_retriever.encoder_config import PRECISIONS, EncoderConfig, Pool
 
 # Search-R1's hierarchical retriever hands its cross-encoder the first stage's top 10.
 DEFAULT_RERANK_CANDIDATES = 10
+# Seconds a client is asked to wait (Retry-After) when the server is loading or overloaded.
+RETRY_AFTER_S = 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,14 @@ class ServerConfig:
     max_body_bytes: int | None = None
     body_timeout_s: float = 30.0
     max_topk: int = 100
+    # Refusals before the app sees a request (see http_limits): a request head (request line and
+    # headers) over max_header_bytes or with more than max_headers headers gets 431, one not
+    # complete within header_timeout_s gets 408; beyond max_connections open connections a new one
+    # gets 503 + Retry-After. Our clients send heads of a few hundred bytes and reuse connections.
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    max_connections: int = 1024
     # One log line per request (app.RequestLog).
     request_log: bool = True
     # Bearer token required on /retrieve (None: none). repr=False keeps it out of logs and tracebacks.
@@ -66,15 +76,17 @@ class ServerConfig:
             raise ValueError(f"--max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.max_wait_ms < 0 or self.max_gap_ms < 0:
             raise ValueError(f"--max_wait_ms and --max_gap_ms must be >= 0, got {self.max_wait_ms} and {self.max_gap_ms}")
-        for name in ("max_queries_per_request", "max_query_chars", "max_topk"):
+        for name in ("max_queries_per_request", "max_query_chars", "max_topk", "max_header_bytes", "max_headers",
+                     "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.topk > self.max_topk:
             raise ValueError(f"--topk ({self.topk}) must be at most --max_topk ({self.max_topk})")
         if self.max_body_bytes is not None and self.max_body_bytes < 1:
             raise ValueError(f"--max_body_bytes must be at least 1, got {self.max_body_bytes}")
-        if not self.body_timeout_s > 0:
-            raise ValueError(f"--body_timeout_s must be > 0, got {self.body_timeout_s}")
+        for name in ("body_timeout_s", "header_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         if self.api_key is not None and not (self.api_key and self.api_key.isascii() and self.api_key.isprintable() and " " not in self.api_key):
             # The message leaves the token out: it may end up in a log.
             raise ValueError("--api_key (or RETRIEVAL_API_KEY) must be non-empty printable ASCII without spaces, "

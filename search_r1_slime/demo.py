@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import ServerConfig
 
@@ -76,7 +77,7 @@ async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: i
         print(exc)
         return 1
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     state = app.state.retrieval
     while state.status == "loading" and not serving.done():

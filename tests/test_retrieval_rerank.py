@@ -235,7 +235,7 @@ async def test_concurrent_clients_get_their_own_reranked_results_scored_once_per
         return retriever
 
     app = create_app(rerank_config, load=load)
-    with serve(app) as url:
+    with serve(app, rerank_config) as url:
         async with aiohttp.ClientSession() as session:
             while (await (await session.get(f"{url}/health")).json())["status"] == "loading":
                 await asyncio.sleep(0.02)
