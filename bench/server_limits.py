@@ -212,16 +212,34 @@ def main() -> int:
     size = args.body_mb << 20
     print(f"{args.body_mb} MiB body, {args.runs} runs per case, a fresh server per run; ranges are min-max over runs\n")
     print(f"{'server':10} {'framing':15} {'answer':68} {'s to answer':>11} {'MB sent':>9} {'RSS +MB':>9} {'normal 200/all':>14} {'slowest ms':>10}")
+    verdicts = []
     for name, tree in trees:
         for with_length in (True, False):
             outcomes = [run_case(tree, size, with_length, WORK / "server.log") for _ in range(args.runs)]
+            if tree == ROOT:
+                verdicts.append(target_met(outcomes, with_length))
             answers = sorted({o.status for o in outcomes})
             print(f"{name:10} {'Content-Length' if with_length else 'chunked':15} {' | '.join(answers)[:68]:68} "
                   f"{span([o.seconds for o in outcomes], '{:.2f}'):>11} {span([o.sent_mb for o in outcomes]):>9} "
                   f"{span([o.rss_growth_mb for o in outcomes]):>9} "
                   f"{' '.join(f'{o.normal_ok}/{o.normal_total}' for o in outcomes):>14} "
                   f"{span([o.normal_slowest_ms for o in outcomes], '{:.0f}'):>10}")
+    for ok, text in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}: this tree, {text}")
     return 0
+
+
+def target_met(outcomes: list[Outcome], with_length: bool) -> tuple[bool, str]:
+    """This tree against the target: every normal request answered; with a Content-Length, 413 in
+    every run and less than 10 MB of memory growth."""
+    normal = all(o.normal_ok == o.normal_total for o in outcomes)
+    if not with_length:
+        return normal, f"chunked: normal requests all answered: {normal} (target: yes)"
+    refused = all(o.status.startswith("413") for o in outcomes)
+    growth = max(o.rss_growth_mb for o in outcomes)
+    return (normal and refused and growth < 10,
+            f"Content-Length: 413 in every run: {refused}, RSS growth up to {growth:.1f} MB, normal requests all answered: "
+            f"{normal} (target: 413, < 10 MB, yes)")
 
 
 if __name__ == "__main__":
