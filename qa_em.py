@@ -29,6 +29,7 @@ _TAGS = ("think", "search", "information", "answer")
 _TAG_SPLIT = re.compile(r"(</?(?:think|search|information|answer)>)")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _PUNCTUATION = frozenset(string.punctuation)
+_YES_NO = frozenset({"yes", "no", "noanswer"})
 
 # (state, tag) -> next state: upstream's transitions.
 _TRANSITIONS: dict[tuple[str, str], str] = {
@@ -64,37 +65,34 @@ def em_check(prediction: str, golden_answers: str | Iterable[str]) -> int:
 
 
 def subem_check(prediction: str, golden_answers: str | Iterable[str]) -> int:
-    """1 if any normalised gold answer is a substring of the normalised prediction, else 0."""
+    """1 if any normalised gold answer is a substring of the normalised prediction, else 0.
+
+    Cover EM, as FlashRAG's ``Sub_ExactMatch``: "William Shakespeare" covers "Shakespeare", and
+    also "start" covers "art"; a gold answer that normalises to "" is in every prediction.
+    """
     prediction = normalize_answer(prediction)
     return int(any(normalize_answer(gold) in prediction for gold in _as_list(golden_answers)))
 
 
 def f1_score(prediction: str, golden_answers: str | Iterable[str]) -> float:
-    """SQuAD token F1 of the normalised prediction, the best over the gold answers.
+    """FlashRAG's token F1 (``F1_Score``) of the normalised prediction, the best over the gold answers.
 
     Tokens are the words of ``normalize_answer``; overlap counts repeated words as often as both
-    sides have them. An empty prediction scores 0.
+    sides have them. When either side is "yes", "no" or "noanswer" the two must be equal to score
+    (HotpotQA's rule, which FlashRAG keeps). An empty prediction scores 0.
     """
-    predicted = normalize_answer(prediction).split()
+    prediction = normalize_answer(prediction)
+    predicted = prediction.split()
     best = 0.0
-    for gold in _as_list(golden_answers):
-        expected = normalize_answer(gold).split()
+    for gold in map(normalize_answer, _as_list(golden_answers)):
+        if prediction != gold and (prediction in _YES_NO or gold in _YES_NO):
+            continue
+        expected = gold.split()
         overlap = sum((Counter(predicted) & Counter(expected)).values())
         if overlap:
             precision, recall = overlap / len(predicted), overlap / len(expected)
             best = max(best, 2 * precision * recall / (precision + recall))
     return best
-
-
-def cover_em_check(prediction: str, golden_answers: str | Iterable[str]) -> int:
-    """1 if a normalised gold answer occurs in the normalised prediction as whole words, else 0.
-
-    "Cover EM": the prediction covers the answer, e.g. "William Shakespeare" covers
-    "Shakespeare". Unlike ``subem_check`` (a character substring) a gold answer must match whole
-    words in order, so "art" is not covered by "start".
-    """
-    predicted = f" {normalize_answer(prediction)} "
-    return int(any(gold and f" {gold} " in predicted for gold in map(normalize_answer, _as_list(golden_answers))))
 
 
 def is_valid_sequence(response: str) -> tuple[bool, str]:

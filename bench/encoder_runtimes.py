@@ -159,6 +159,11 @@ def measure(runtimes: dict[str, object], index, texts: list[str], batch: int) ->
     return results
 
 
+# What a replacement for torch fp32 must reach (module docstring).
+TARGET_SPEEDUP = 1.3
+TARGET_IN_ORDER = 0.99
+
+
 def span(values: list[float], fmt: str) -> str:
     low, high = min(values), max(values)
     return format(low, fmt) if format(low, fmt) == format(high, fmt) else f"{format(low, fmt)}-{format(high, fmt)}"
@@ -196,6 +201,12 @@ def main() -> None:
         rates = [r[name][0] for r in runs]
         print(f"{name:12s} {span(rates, '.0f'):>11s} {span([x / b for x, b in zip(rates, base)], '.2f'):>13s} "
               f"{span([r[name][1] * 100 for r in runs], '.1f') + '%':>15s} {span([r[name][2] * 100 for r in runs], '.1f') + '%':>14s}")
+    for name in list(runtimes)[1:]:
+        speedup = min(r[name][0] / r["torch fp32"][0] for r in runs)
+        in_order = min(r[name][1] for r in runs)
+        ok = speedup >= TARGET_SPEEDUP and in_order >= TARGET_IN_ORDER
+        print(f"{'PASS' if ok else 'FAIL'} {name}: {speedup:.2f}x torch fp32's queries/s in its worst run (target >= {TARGET_SPEEDUP}x), "
+              f"top 3 in order for {in_order:.1%} (target >= {TARGET_IN_ORDER:.0%})")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ this size), and
 build (conversion) time. GB per million passages and at wiki-18's 21M are the per-passage cost
 multiplied out; e5-base's vectors have 768 dimensions, twice MiniLM's, so its codes take twice as
 many bytes (the HNSW graph does not grow with the dimension).
+
+Targets, for the types the README recommends: SQfp16 recall@3 >= 0.999 (flat's results); SQ8
+recall@3 >= 0.99 in at most 30% of flat's bytes; every request through the server answered.
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ def main() -> None:
     print(f"{len(passages)} WordNet passages, {len(queries)} real-text queries, MiniLM fp32 vectors ({passages.shape[1]}-d), "
           f"{args.clients} clients through the server, {os.cpu_count()} cores (shared)")
     print(f"{'index':32s} {'params':26s} {'B/passage':>9s} {'GB/1M':>6s} {'GB wiki-18 e5':>13s} {'recall@3':>8s} {'q/s':>6s} {'p99 s':>6s} {'build s':>7s}")
+    measured = {}
     for factory, params in MENU:
         if args.only and factory not in args.only:
             continue
@@ -111,6 +115,29 @@ def main() -> None:
             served = retrieval_server.run_server_phase(config, args, queries)
         print(f"{factory:32s} {params or '-':26s} {per_passage:9.0f} {per_passage * 1e6 / 1e9:6.2f} {wiki18_gb(per_passage, factory, index):13.1f} "
               f"{recall_at(3, found, truth):8.3f} {served['qps']:6.0f} {served['p99']:6.2f} {build_s:7.1f}", flush=True)
+        measured[factory] = (recall_at(3, found, truth), per_passage, served.get("errors"))
+    report_targets(measured)
+
+
+def report_targets(measured: dict[str, tuple[float, float, int | None]]) -> None:
+    """PASS/FAIL of the targets (module docstring) for the types measured: (recall@3, bytes per
+    passage, failed requests through the server or None without it)."""
+    flat_bytes = measured.get("Flat", (0, 4 * BENCH_DIM, 0))[1]
+    targets = {"SQfp16": (0.999, None), "SQ8": (0.99, 0.3)}
+    for factory, (min_recall, max_share) in targets.items():
+        if factory not in measured:
+            print(f"no target judged for {factory}: not measured (--only)")
+            continue
+        recall, per_passage, _ = measured[factory]
+        share = per_passage / flat_bytes
+        ok = recall >= min_recall and (max_share is None or share <= max_share)
+        limit = "" if max_share is None else f", {share:.0%} of flat's bytes (target <= {max_share:.0%})"
+        print(f"{'PASS' if ok else 'FAIL'} {factory}: recall@3 {recall:.3f} (target >= {min_recall}){limit}")
+    errors = [e for _, _, e in measured.values()]
+    if None in errors:
+        print("no target judged for the server: --no_server")
+    else:
+        print(f"{'PASS' if not sum(errors) else 'FAIL'}: {sum(errors)} failed requests through the server (target 0)")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ list, ``--rounds`` times. Meanwhile a ticker wakes every 5 ms and records how la
 
 Pages and the serper.dev stand-in are served on loopback by this process (one loop).
 
-Prints the worst and median stall of each, side by side; exits 1 unless the answers are identical
-and ours keeps the worst stall under a third of the stall parsing on the loop causes (the ticker
-also sees the scheduling delays of a busy machine, so an absolute bound would measure the machine).
+Prints the worst and median stall of each, side by side, and PASS or FAIL (exit 1) against the
+target: the answers are identical and ours keeps the worst stall under a third of the stall parsing
+on the loop causes (the ticker also sees the scheduling delays of a busy machine, so an absolute bound would measure the machine).
 
 Run from the repository root:  python -m bench.page_parsing
 """

@@ -18,7 +18,7 @@ Re-read bytes of a call: the part of its input some engine already computed (up 
 call's output, or the group's prompt for a first call) that the engine serving it has not cached.
 Printed per engine and for both, divided by the number of trajectories, with the bytes prefilled.
 
-PASS when, with the key, no call re-reads anything and each engine serves at least a quarter of
+Target (PASS, else FAIL): with the key, no call re-reads anything and each engine serves at least a quarter of
 the trajectories; the run without the key is printed beside it as the baseline.
 
 Run from the repository root:  python bench/routing_prefix.py

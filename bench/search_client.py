@@ -19,8 +19,9 @@ to the query asked alone, before the load.
    (each server's ``/health`` ``served`` counters); then the same with ``--servers`` servers of
    which one is killed (SIGKILL: a node going away) once ``--kill-at`` of the searches are done.
 
-Exits 1 if any result is wrong, any search failed, ours sends fewer than 4x fewer HTTP requests
-than queries issued, or a server listed got no work while all were up.
+Target: every result right, no search failed, ours sending at least 4x fewer HTTP requests than
+queries issued, and every server listed getting work while all are up; else it prints FAIL and
+exits 1.
 
 Run from the repository root:  python bench/search_client.py
 """

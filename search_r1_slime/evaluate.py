@@ -9,8 +9,8 @@ template, as slime's ``--apply-chat-template`` does, and run through
 backend, at most ``--max-concurrency`` trajectories at once. Each trajectory goes to the JSONL file
 as soon as it ends (prompt, response, extracted answer, scores, searches, status, ...). Sampling is
 greedy by default, as Search-R1 evaluated. The answer a model turn gave is scored by exact match
-(the paper's score: no format credit), token F1 and cover EM (``qa_em``), per ``data_source`` and
-averaged over the data sets, in the layout of Search-R1's results table with the paper's
+(the paper's score: no format credit), token F1 and cover EM (``qa_em``; docs/metrics.md gives
+the source each follows), per ``data_source`` and averaged over the data sets, in the layout of Search-R1's results table with the paper's
 Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: the scores are then
 means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
 A JSON summary of the table is written next to the JSONL.
@@ -108,7 +108,7 @@ async def evaluate_row(
 ) -> dict[str, Any]:
     """Run one trajectory and score it; returns its JSONL record."""
     from generate_with_search import generate
-    from qa_em import cover_em_check, em_check, extract_solution, f1_score
+    from qa_em import em_check, extract_solution, f1_score, subem_check
 
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     sample = EvalSample(prompt=prompt, label=row["reward_model"])
@@ -130,7 +130,7 @@ async def evaluate_row(
         "answer": answer,
         "em": em_check(answer, golden_answers) if answer is not None else 0,
         "f1": f1_score(answer, golden_answers) if answer is not None else 0.0,
-        "cover_em": cover_em_check(answer, golden_answers) if answer is not None else 0,
+        "cover_em": subem_check(answer, golden_answers) if answer is not None else 0,
         "status": sample.status.value,
         "response_length": sample.response_length,
         "turns": metrics.get("turns"),

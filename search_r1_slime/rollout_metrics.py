@@ -9,8 +9,9 @@ slime's sink (W&B, TensorBoard) at slime's step for that rollout and return Fals
 
 The numbers come from ``sample.metadata["search_r1"]``, which ``generate_with_search.generate``
 fills for every trajectory; samples without it (another generate function) are skipped. The
-README's "Metrics" section defines each metric. slime is imported only inside the hooks, and its
-logging sink is looked up where each slime generation keeps it.
+README's "Metrics" section defines each metric, and docs/metrics.md gives its formula and the
+source it follows. slime is imported only inside the hooks, and its logging sink is looked up
+where each slime generation keeps it.
 """
 
 from __future__ import annotations
@@ -76,12 +77,19 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
     metrics: dict[str, float] = {
         "searches_per_trajectory/mean": float(np.mean(searches)),
         "searches_per_trajectory/max": float(max(searches)),
+        # Search-R1 counts every search action, the final turn's (never run) too. Every valid
+        # action is a search or the one answer that ends the trajectory.
+        "search_actions_per_trajectory/mean": float(np.mean([t["valid_actions"] - bool(t["answered"]) for t in traces])),
         "actions_per_trajectory/mean": float(np.mean(actions)),
         "actions_per_trajectory/max": float(max(actions)),
         "actions_per_trajectory/min": float(min(actions)),
         "answer_ratio": sum(bool(t["answered"]) for t in traces) / len(traces),
     }
-    _ratio(metrics, "valid_action_ratio", sum(t["valid_actions"] for t in traces), sum(actions))
+    # Per trajectory, then averaged, as Search-R1's env/ratio_of_valid_action; a trajectory without
+    # a finished model turn (SGLang failed first) has no ratio.
+    valid_shares = [t["valid_actions"] / t["actions"] for t in traces if t["actions"]]
+    if valid_shares:
+        metrics["valid_action_ratio"] = float(np.mean(valid_shares))
     _ratio(metrics, "failed_search_ratio", sum(t["search_failures"] for t in traces), total_searches)
     _ratio(metrics, "no_result_ratio", sum(t["search_no_results"] for t in traces), total_searches)
     # Every round appends one observation: passages, "Search failed", or the invalid-action message.

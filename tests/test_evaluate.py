@@ -42,6 +42,14 @@ CASES = [
         Turn("<think> Search both. </think>\n<search> arthurs magazine first issue </search>"),
         Turn("<think> 1844 is earlier. </think>\n<answer> Arthur's Magazine </answer>"),
     ], (1, 1.0, 1)),
+    # Cover EM is containment (FlashRAG's Sub_ExactMatch): "us" is in "russia", wrong as it is.
+    ("musique", "which country was the composer of the anthem born in", ["U.S."], [
+        Turn("<think> I know this. </think>\n<answer> Russia </answer>"),
+    ], (0, 0.0, 1)),
+    # F1 of a yes/no answer: none unless equal (FlashRAG's rule), though "yes" overlaps.
+    ("2wikimultihopqa", "are both films from the same country", ["yes"], [
+        Turn("<think> Both are American. </think>\n<answer> yes, both </answer>"),
+    ], (0, 0.0, 1)),
     # Right answer without <think>: the format is broken, EM still counts it.
     ("bamboogle", "who was president when the hoover dam opened", ["Franklin D. Roosevelt"], [
         Turn("<answer> Franklin D. Roosevelt </answer>"),
@@ -51,17 +59,17 @@ CORPUS = {
     "who wrote hamlet": [doc("1", "Hamlet", "Hamlet is a tragedy written by William Shakespeare.")],
     "arthurs magazine first issue": [doc("7", "Arthur's Magazine", "Arthur's Magazine was first published in 1844.")],
 }
-# NQ: EM (1 + 0) / 2, F1 (1 + 2/3) / 2, cover EM 1. Avg over the five data sets evaluated; the
-# paper's rows over the same five: (.421 + .583 + .413 + .297 + .128) / 5 = .3684.
+# NQ: EM (1 + 0) / 2, F1 (1 + 2/3) / 2, cover EM 1. Avg over the seven data sets, the paper's
+# rows over the same seven: (.421 + .583 + .413 + .297 + .274 + .066 + .128) / 7 = .3117.
 EXPECTED_TABLE = """\
 |                            |    NQ | TriviaQA | PopQA | HotpotQA | 2Wiki | Musique | Bamboogle |   Avg |
 |----------------------------|------:|---------:|------:|---------:|------:|--------:|----------:|------:|
-| EM                         | 0.500 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.500 |
-| F1                         | 0.833 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.567 |
-| cover EM                   | 1.000 |    0.000 | 0.000 |    1.000 |     - |       - |     1.000 | 0.600 |
-| n                          |     2 |        1 |     1 |        1 |     - |       - |         1 |     6 |
-| Search-R1 GRPO-Base EM     | 0.421 |    0.583 | 0.413 |    0.297 |     - |       - |     0.128 | 0.368 |
-| Search-R1 GRPO-Instruct EM | 0.397 |    0.565 | 0.391 |    0.331 |     - |       - |     0.232 | 0.383 |"""
+| EM                         | 0.500 |    0.000 | 0.000 |    1.000 | 0.000 |   0.000 |     1.000 | 0.357 |
+| F1                         | 0.833 |    0.000 | 0.000 |    1.000 | 0.000 |   0.000 |     1.000 | 0.405 |
+| cover EM                   | 1.000 |    0.000 | 0.000 |    1.000 | 1.000 |   1.000 |     1.000 | 0.714 |
+| n                          |     2 |        1 |     1 |        1 |     1 |       1 |         1 |     8 |
+| Search-R1 GRPO-Base EM     | 0.421 |    0.583 | 0.413 |    0.297 | 0.274 |   0.066 |     0.128 | 0.312 |
+| Search-R1 GRPO-Instruct EM | 0.397 |    0.565 | 0.391 |    0.331 | 0.310 |   0.124 |     0.232 | 0.336 |"""
 
 
 def write_test_parquet(path: Path, cases=CASES) -> None:
@@ -104,15 +112,16 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
 
     summary = tmp_path / "out/trajectories.summary.json"
     assert stdout.decode().splitlines()[-len(EXPECTED_TABLE.splitlines()):] == EXPECTED_TABLE.splitlines()
-    assert f"Scores of 6 questions (trajectories in {output}, summary in {summary})" in stdout.decode()
+    assert f"Scores of 8 questions (trajectories in {output}, summary in {summary})" in stdout.decode()
     assert "WARNING: 1 trajectories failed" in stderr.decode()
 
     records = sorted((json.loads(line) for line in output.read_text().splitlines()), key=lambda r: r["index"])
     assert [(r["em"], r["f1"], r["cover_em"]) for r in records] == [case[4] for case in CASES]
     assert [r["data_source"] for r in records] == [case[0] for case in CASES]
-    assert [r["answer"] for r in records] == ["William Shakespeare", "Paris, France", None, None, "Arthur's Magazine", "Franklin D. Roosevelt"]
-    assert [r["searches"] for r in records] == [1, 0, 0, 0, 1, 0]
-    assert [r["status"] for r in records] == ["completed", "completed", "failed", "completed", "completed", "completed"]
+    assert [r["answer"] for r in records] == ["William Shakespeare", "Paris, France", None, None, "Arthur's Magazine", "Russia", "yes, both",
+                                              "Franklin D. Roosevelt"]
+    assert [r["searches"] for r in records] == [1, 0, 0, 0, 1, 0, 0, 0]
+    assert [r["status"] for r in records] == ["completed", "completed", "failed"] + ["completed"] * 5
     assert "<answer> and </answer>" in records[3]["response"]
     first = records[0]
     assert first["prompt"] == chat_prompt(tokenizer, "who wrote hamlet")
@@ -127,9 +136,10 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
 
     written = json.loads(summary.read_text())
     assert written["per_source"]["nq"] == {"questions": 2, "em": 0.5, "f1": (1 + 2 / 3) / 2, "cover_em": 1.0, "em_pass": 0.5}
-    assert written["average"]["em"] == 0.5 and written["failed_trajectories"] == 1
-    assert (written["questions"], written["n_samples"], written["temperature"]) == (6, 1, 0.0)
-    assert written["paper_em"]["Search-R1 GRPO-Base"] == {"nq": 0.421, "triviaqa": 0.583, "popqa": 0.413, "hotpotqa": 0.297, "bamboogle": 0.128}
+    assert written["average"]["em"] == 2.5 / 7 and written["average"]["cover_em"] == 5 / 7 and written["failed_trajectories"] == 1
+    assert (written["questions"], written["n_samples"], written["temperature"]) == (8, 1, 0.0)
+    assert written["paper_em"]["Search-R1 GRPO-Base"] == {"nq": 0.421, "triviaqa": 0.583, "popqa": 0.413, "hotpotqa": 0.297,
+                                                           "2wikimultihopqa": 0.274, "musique": 0.066, "bamboogle": 0.128}
 
 
 class FreshSamples(FakeSGLang):

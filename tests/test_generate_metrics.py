@@ -28,6 +28,11 @@ async def test_invalid_action_empty_search_and_a_final_search_give_no_answer(wor
     assert len(metrics["search_latencies"]) == 1 and 0 < metrics["search_latencies"][0] < 2
     assert metrics["client_stats_end"]["sent"] - metrics["client_stats_start"]["sent"] == 1
     assert sample.status == sample_cls.Status.COMPLETED
+    # The hook: one search run, two search actions (Search-R1's count, the final turn's included).
+    logged = rollout_metrics([sample])
+    assert logged["search_r1/searches_per_trajectory/mean"] == 1.0
+    assert logged["search_r1/search_actions_per_trajectory/mean"] == 2.0
+    assert logged["search_r1/valid_action_ratio"] == 2 / 3
 
 
 async def test_a_turn_cut_by_the_budget_is_an_invalid_action(world):
@@ -65,6 +70,7 @@ async def test_the_hook_reads_what_real_trajectories_recorded(world):
     assert metrics == {
         "search_r1/searches_per_trajectory/mean": 1.0,
         "search_r1/searches_per_trajectory/max": 1.0,
+        "search_r1/search_actions_per_trajectory/mean": 1.0,
         "search_r1/actions_per_trajectory/mean": 2.0,
         "search_r1/actions_per_trajectory/max": 2.0,
         "search_r1/actions_per_trajectory/min": 2.0,

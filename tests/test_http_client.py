@@ -4,10 +4,12 @@ import asyncio
 import email.utils
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
 
+from search_r1_slime import http_client
 from search_r1_slime.http_client import (
     RequestFailed,
     RetryPolicy,
@@ -210,3 +212,27 @@ async def test_retry_after_as_an_http_date_is_honoured(cleanup):
 )
 def test_retry_after_forms(value, expected):
     assert _retry_after_seconds(value) == expected
+async def test_a_failed_server_waits_out_a_doubling_backoff_capped_at_2_s_then_is_probed_first(monkeypatch):
+    """README, "Several nodes": no batch for up to 0.25 s after the first failure, doubling with
+    every failed probe up to 2 s; then the next batch probes it, before the servers that answer."""
+    clock = [100.0]
+    monkeypatch.setattr(http_client, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(http_client.random, "uniform", lambda low, high: high)  # the longest back-off each time
+    health, policy, servers = http_client._Health(), RetryPolicy(), ["http://a/x", "http://b/x"]
+    failure = http_client._Retryable("ClientConnectorError")
+
+    assert await health.turn(servers, None, True) == ("http://a/x", False)
+    health.record("http://a/x", False, failure, policy)
+    waits = []
+    for _ in range(6):
+        wait = health.circuit("http://a/x").retry_at - clock[0]
+        clock[0] += wait - 0.01
+        assert await health.turn(servers, None, True) == ("http://b/x", False)  # backing off: b takes the batch
+        clock[0] += 0.01
+        assert await health.turn(servers, None, True) == ("http://a/x", True)  # due: probed first, b still up
+        health.record("http://a/x", True, failure, policy)
+        waits.append(round(wait, 6))
+    assert waits == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert (policy.backoff_base_s, policy.backoff_max_s) == (0.25, 2.0)
+    health.record("http://a/x", True, None, policy)  # a probe answered: back in the round robin
+    assert await health.turn(servers, None, True) == ("http://a/x", False)

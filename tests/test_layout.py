@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -56,3 +57,12 @@ def test_benchmarks_do_not_import_the_tests():
 def test_every_benchmark_imports_as_run_from_the_repository_root(script):
     # `python -m bench.<script>` from the root, as their docstrings say; their own imports must resolve.
     importlib.import_module(f"bench.{script}")
+
+
+@pytest.mark.parametrize("script", sorted(p.stem for p in (REPO / "bench").glob("*.py")))
+def test_every_benchmark_states_its_target_and_prints_pass_or_fail(script):
+    module = importlib.import_module(f"bench.{script}")
+    if not hasattr(module, "main"):
+        return  # a helper of the benchmarks (bench/realtext.py), not one
+    assert "target" in module.__doc__.lower(), f"bench/{script}.py: its docstring does not say what it must reach"
+    assert re.search(r"""["']PASS["'] if""", (REPO / "bench" / f"{script}.py").read_text()), f"bench/{script}.py prints no PASS/FAIL"

@@ -3,6 +3,7 @@ that cannot run here (they need the Hub, GPUs or a trained model) at least parse
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 from pathlib import Path
@@ -66,3 +67,65 @@ def test_every_module_is_in_both_readmes_file_tables():
         text = path.read_text(encoding="utf-8")
         missing = [m.name for m in modules if f"{m.name}`" not in text]
         assert not missing, f"{path.name} does not say what these modules are for: {missing}"
+
+
+def _quoted(text: str, pattern: str) -> list[float]:
+    """Every number the README gives where ``pattern`` (one group: the number) matches."""
+    return [float(value) for value in re.findall(pattern, text)]
+
+
+def _readme_claims() -> list[tuple[str, str, float]]:
+    """(English pattern, Chinese pattern, the code's value) for every number the READMEs quote
+    from a constant or default of the code."""
+    from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, ServerConfig
+    from search_r1_slime.http_client import RetryPolicy
+    from search_r1_slime.settings import DEFAULTS
+
+    policy = RetryPolicy()  # the search backends' policy: only the deadline and attempt timeout differ
+    server = retrieval_server.build_parser()
+    evaluation = evaluate.build_parser()
+    config = ServerConfig(index_path="index", corpus_path="corpus")
+    return [
+        # Failover between servers (Several nodes) and the retry back-off (Configuration).
+        (r"back-off of\s+up to ([\d.]+) s after its first failure", r"第一次失败后最多 ([\d.]+) 秒", policy.backoff_base_s),
+        (r"doubling with every failed probe up to ([\d.]+) s", r"每次探测失败翻倍，最多 ([\d.]+) 秒", policy.backoff_max_s),
+        (r"within about ([\d.]+) s;", r"约 ([\d.]+) 秒内就回到轮询中", policy.backoff_max_s),
+        (r"jittered backoff of at most ([\d.]+) s", r"退避带抖动、最长 ([\d.]+) 秒", policy.backoff_max_s),
+        (r"`search_timeout` \(([\d.]+) s\)", r"`search_timeout`（([\d.]+) 秒）", DEFAULTS.search_timeout),
+        (r"`local.attempt_timeout` \(([\d.]+) s\)", r"`local.attempt_timeout`（([\d.]+) 秒）", DEFAULTS.local.attempt_timeout),
+        # The retrieval server's limits and defaults.
+        (r"binds 127\.0\.0\.1:(\d+)", r"绑定 127\.0\.0\.1:(\d+)", server.get_default("port")),
+        (r"`--max_queries_per_request` (\d+)", r"`--max_queries_per_request`（(\d+)）", server.get_default("max_queries_per_request")),
+        (r"`--max_query_chars` (\d+)", r"`--max_query_chars`（(\d+)）", server.get_default("max_query_chars")),
+        (r"about\s+(\d+) MiB\)", r"约 (\d+) MiB", round(config.body_limit / 2**20)),
+        (r"`--body_timeout_s` \(([\d.]+) s\)", r"`--body_timeout_s`（([\d.]+) 秒）", server.get_default("body_timeout_s")),
+        (r"`--max_topk`, (\d+)[;)]", r"`--max_topk`，即 (\d+)[；）]", server.get_default("max_topk")),
+        (r"`--retrieval_topk` \(default (\d+)", r"`--retrieval_topk`（设置重排序器时默认 (\d+)）", DEFAULT_RERANK_CANDIDATES),
+        (r"`--reranker_batch_size` \((\d+)\) pairs", r"`--reranker_batch_size`（(\d+)）对", server.get_default("reranker_batch_size")),
+        (r"`--reranker_max_length`\s+\((\d+)\)", r"`--reranker_max_length`（(\d+)）", server.get_default("reranker_max_length")),
+        # The evaluation command.
+        (r"`--max-concurrency` \(default (\d+)\)", r"`--max-concurrency`（默认 (\d+)）", evaluation.get_default("max_concurrency")),
+        (r"`--max-response-len (\d+)`", r"`--max-response-len (\d+)`", evaluation.get_default("max_response_len")),
+    ]
+
+
+def test_numbers_the_readmes_quote_are_the_codes():
+    english, chinese = (path.read_text(encoding="utf-8") for path in READMES)
+    for english_pattern, chinese_pattern, value in _readme_claims():
+        for text, pattern in ((english, english_pattern), (chinese, chinese_pattern)):
+            quoted = _quoted(text, pattern)
+            assert quoted, f"the README no longer says {pattern!r}: update this test with it"
+            assert set(quoted) == {float(value)}, f"{pattern!r}: the README says {quoted}, the code {value}"
+
+
+def test_configuration_tables_show_the_schemas_defaults():
+    from search_r1_slime.settings import DEFAULTS
+
+    defaults = {**DEFAULTS.model_dump(), **{f"{backend}.{key}": value for backend in ("local", "google")
+                                            for key, value in getattr(DEFAULTS, backend).model_dump().items()}}
+    for path in READMES:
+        rows = re.findall(r"^\| (`[a-z_.]+`(?: / `[a-z_.]+`)*) \| `([^`]*)` \|", path.read_text(encoding="utf-8"), re.MULTILINE)
+        assert len(rows) >= 20, path
+        for keys, shown in rows:
+            for key in re.findall(r"`([a-z_.]+)`", keys):
+                assert ast.literal_eval(shown) == defaults[key], f"{path.name}: {key} shown as {shown}, default {defaults[key]!r}"

@@ -8,6 +8,7 @@ import sys
 import types
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from generate_with_search import INVALID_ACTION_MESSAGE
@@ -63,11 +64,13 @@ def rollout(sample_cls) -> list:
 EXPECTED = {
     "search_r1/searches_per_trajectory/mean": 1.0,  # (1 + 2 + 0) / 3
     "search_r1/searches_per_trajectory/max": 2.0,
+    # Search-R1's env/number_of_valid_search: the final turn's search (not run) counts: (1 + 3 + 0) / 3.
+    "search_r1/search_actions_per_trajectory/mean": 4 / 3,
     "search_r1/actions_per_trajectory/mean": 7 / 3,
     "search_r1/actions_per_trajectory/max": 3.0,
     "search_r1/actions_per_trajectory/min": 2.0,
     "search_r1/answer_ratio": 2 / 3,
-    "search_r1/valid_action_ratio": 6 / 7,
+    "search_r1/valid_action_ratio": (2 / 2 + 3 / 3 + 1 / 2) / 3,  # per trajectory, then averaged (pooled: 6 / 7)
     "search_r1/failed_search_ratio": 1 / 3,
     "search_r1/no_result_ratio": 1 / 3,
     "search_r1/obs_truncated_ratio": 1 / 4,  # 1 cut observation of 1 + 2 + 1
@@ -83,6 +86,34 @@ EXPECTED = {
     "search_r1/local/retriever_requests_per_query": 2 / 3,
     "search_r1/exact_match": 1 / 3,  # while the mean reward is (1 + 0 + 0.2) / 3
 }
+
+
+def test_action_metrics_follow_search_r1s_formulas_on_uneven_trajectories():
+    """Search-R1's verl/trainer/ppo/ray_trainer.py (compute_data_metrics) on the per-trajectory
+    counts it keeps (turns_stats, valid_action_stats, valid_search_stats, active_mask), against
+    ours on the same trajectories. Turn counts are uneven, so a pooled ratio would differ."""
+    traces = [trace(actions=1, valid_actions=1, answered=True),  # answers at once
+              trace(actions=3, valid_actions=1, searches=1, invalid_actions=1, turns=2),  # then a final-turn search
+              trace(actions=5, valid_actions=2, searches=1, invalid_actions=3, turns=4, answered=True)]
+    samples = [SAMPLE_CLASSES[1](response="", metadata={"search_r1": t}) for t in traces]
+    turns_stats = np.array([1, 3, 5], dtype=np.int16)
+    valid_action_stats = np.array([1, 1, 2], dtype=np.int16)
+    valid_search_stats = np.array([0, 1, 1], dtype=np.int16)
+    active_mask = np.array([0, 1, 0], dtype=np.int16)  # still active at the end: never answered
+
+    metrics = rollout_metrics.rollout_metrics(samples)
+
+    search_r1 = {
+        "valid_action_ratio": float((valid_action_stats / turns_stats).mean()),
+        "answer_ratio": 1 - float(active_mask.mean()),
+        "actions_per_trajectory/mean": float(turns_stats.mean()),
+        "actions_per_trajectory/max": float(turns_stats.max()),
+        "actions_per_trajectory/min": float(turns_stats.min()),
+        "search_actions_per_trajectory/mean": float(valid_search_stats.mean()),
+    }
+    assert {name: metrics[f"search_r1/{name}"] for name in search_r1} == pytest.approx(search_r1, rel=1e-12)
+    assert search_r1["valid_action_ratio"] == pytest.approx((1 + 1 / 3 + 2 / 5) / 3)
+    assert search_r1["valid_action_ratio"] != pytest.approx(4 / 9)  # the pooled ratio, which we do not log
 
 
 class Sink:
@@ -184,6 +215,7 @@ def test_eval_hook_adds_exact_match_per_data_source(monkeypatch, sample_cls):
     assert sink.calls == [(slime_args(), {
         "eval/nq/search_r1/searches_per_trajectory/mean": 0.5,
         "eval/nq/search_r1/searches_per_trajectory/max": 1.0,
+        "eval/nq/search_r1/search_actions_per_trajectory/mean": 0.5,
         "eval/nq/search_r1/actions_per_trajectory/mean": 2.0,
         "eval/nq/search_r1/actions_per_trajectory/max": 2.0,
         "eval/nq/search_r1/actions_per_trajectory/min": 2.0,
