@@ -102,7 +102,10 @@ def world(tmp_path: Path, http_server):
     tools.mkdir()
     for name in ("bash", "dirname", "setsid", "sleep"):
         (tools / name).symlink_to(shutil.which(name))
-    (tools / "python3").symlink_to(sys.executable)
+    # A wrapper, not a link: a Python started through a link outside its venv does not find the
+    # venv's pyvenv.cfg and runs without the venv's packages.
+    (tools / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (tools / "python3").chmod(0o755)
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     (fake_bin / "ray").write_text(FAKE_RAY)
