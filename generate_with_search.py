@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, request_json
-from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config
+from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, check_section_name
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def resolve_config(args: Any) -> dict[str, Any]:
 
     Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name.
     """
+    check_section_name(getattr(args, "__dict__", ()))  # slime sets each top-level YAML key as an attribute
     override = getattr(args, "search_r1", None) or {}
     if not isinstance(override, Mapping):
         problem = (

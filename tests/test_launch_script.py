@@ -54,6 +54,19 @@ class _Health(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802
+        """The preflight's test search: one empty result list per query."""
+        if self.path != "/retrieve":
+            self.send_error(404)
+            return
+        queries = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["queries"]
+        body = json.dumps({"result": [[] for _ in queries]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args) -> None:
         pass
 
@@ -386,3 +399,54 @@ def test_reuses_a_running_ray_cluster_and_leaves_it_running(world, http_server):
     assert len(calls) == 1 and calls[0].startswith(f"job submit --address=http://127.0.0.1:{dashboard_port}")
     assert _port_open(dashboard_port)
     assert "left running" in result.stdout
+
+
+# With a checkpoint missing, a dry run warns and prints the command, a real one refuses to launch:
+# which one ran tells how DRY_RUN was read, and nothing starts either way.
+@pytest.mark.parametrize("value", ["1", "true", "True", "yes", "on", "ON"])
+def test_dry_run_takes_the_usual_spellings_of_yes(world, value):
+    tmp, env = world
+    result = run(env, DRY_RUN=value, REF_CKPT=str(tmp / "missing"))
+    assert result.returncode == 0, result.stderr
+    assert "DRY_RUN: would run:" in result.stdout and "WARNING: torch_dist checkpoint not found" in result.stderr
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "OFF", ""])
+def test_dry_run_takes_the_usual_spellings_of_no(world, value):
+    tmp, env = world
+    result = run(env, DRY_RUN=value, REF_CKPT=str(tmp / "missing"))
+    assert result.returncode == 1
+    assert "Not launching" in result.stderr and "ERROR: torch_dist checkpoint not found" in result.stderr
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "y es"])
+def test_any_other_dry_run_value_is_one_error_and_starts_nothing(world, value):
+    _, env = world
+    result = run(env, DRY_RUN=value)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"ERROR: DRY_RUN={value} is not a yes/no value: use 1, true, yes or on for a dry run, "
+        "0, false, no or off (or unset) to launch."
+    ]
+    assert result.stdout == "" and ray_calls(env) == []
+
+
+def test_a_near_miss_of_the_search_r1_key_stops_the_launch(world, tmp_path):
+    _, env = world
+    config = tmp_path / "hyphen.yaml"
+    config.write_text(Path(env["SEARCH_R1_CONFIG"]).read_text().replace("search_r1:", "search-r1:"))
+    result = run(env, SEARCH_R1_CONFIG=str(config))
+    assert result.returncode == 1
+    assert "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1 (lower case, underscore)" in result.stderr.splitlines()
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("name, value", [("NUM_GPUS", "eight"), ("EVAL_INTERVAL", "0"), ("RAY_DASHBOARD_PORT", "82a5"), ("RAY_START_TIMEOUT", "-5")])
+def test_a_number_setting_that_is_not_a_number_stops_the_launch(world, name, value):
+    _, env = world
+    result = run(env, **{name: value})
+    assert result.returncode == 1
+    assert f"ERROR: {name}={value} must be a whole number above 0." in result.stderr.splitlines()
+    assert ray_calls(env) == []
