@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import gzip
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from local_dense_retriever import download
+from tests.fakes.hub import run_without_hub
 
 CORPUS_LINES = b'{"id": "0", "contents": "\\"A\\"\\na"}\n{"id": "1", "contents": "\\"B\\"\\nb"}\n'
 
@@ -148,14 +146,7 @@ def test_hnsw64_from_a_local_directory_with_an_explicit_name(hub_dir, tmp_path):
 
 
 def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed_port = s.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "local_dense_retriever.download", "--save_path", str(tmp_path / "out"), "--no_progress"],
-        env={"PATH": "/usr/bin:/bin", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HOME": str(tmp_path / "hf")},
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_without_hub("local_dense_retriever.download", "--save_path", str(tmp_path / "out"), "--no_progress", home=tmp_path / "hf")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert " ERROR __main__: cannot list the files of PeterJinGo/wiki-18-e5-index from the Hugging Face hub (" in line

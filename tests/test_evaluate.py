@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from search_r1_slime import evaluate, prepare_data
 from search_r1_slime.preflight import PROBE_QUERY
+from tests.fakes.loopback import closed_port
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLang, FakeSGLangPerPrompt, Turn
 
@@ -73,6 +74,15 @@ def write_test_parquet(path: Path, cases=CASES) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=prepare_data.SCHEMA), path)
 
 
+async def run_evaluate(*args: str) -> tuple[int, bytes, bytes]:
+    """The command line as a user runs it, in a process of its own (the stand-ins serve from this one)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "search_r1_slime.evaluate", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode, stdout, stderr
+
+
 def failed_error(output: Path) -> str:
     """The error of the first failed record of a trajectories file."""
     return next(r["error"] for r in map(json.loads, output.read_text().splitlines()) if r["status"] == "failed")
@@ -95,14 +105,11 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
         triviaqa.failures.append(400)  # a request SGLang rejects: not retried, the sample fails
         config = tmp_path / "search.yaml"
         config.write_text(f"search_r1:\n  max_turns: 2\n  local:\n    search_url: {retriever.search_url}\n")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate",
+        code, stdout, stderr = await run_evaluate(
             "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(),
             "--config", str(config), "--output", str(output), "--max-concurrency", "2", "--no-progress",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 1, stderr.decode()  # one trajectory failed: not a clean evaluation
+        assert code == 1, stderr.decode()  # one trajectory failed: not a clean evaluation
         assert all(fake.script_done for fake in sglang.fakes.values())
         assert retriever.queries_received[0] == PROBE_QUERY
         assert sorted(retriever.queries_received[1:]) == sorted(CORPUS)
@@ -163,14 +170,11 @@ async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_
     write_test_parquet(data, [("nq", "capital of france", ["Paris"])])
     prompt_ids = tokenizer(chat_prompt(tokenizer, "capital of france"), add_special_tokens=False)["input_ids"]
     async with FreshSamples(tokenizer, prompt_ids, [right, wrong, wrong]) as sglang:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate", "--data", str(data), "--hf-checkpoint", tokenizer_dir,
-            "--sglang-url", sglang.url(), "--skip-preflight", "--output", str(tmp_path / "eval.jsonl"), "--no-progress",
-            "--n-samples", "3", "--temperature", "0.7",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(), "--skip-preflight",
+            "--output", str(tmp_path / "eval.jsonl"), "--no-progress", "--n-samples", "3", "--temperature", "0.7",
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, stderr.decode()
+        assert code == 0, stderr.decode()
         assert sglang.script_done
         assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
 
@@ -243,12 +247,6 @@ def test_no_paper_rows_when_no_data_set_of_the_paper_was_evaluated():
     assert "Search-R1" not in evaluate.format_table(scores)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_sglang_down_is_one_line_before_any_trajectory(tokenizer_dir, tmp_path):
     data = tmp_path / "test.parquet"
     write_test_parquet(data)
@@ -257,14 +255,12 @@ async def test_sglang_down_is_one_line_before_any_trajectory(tokenizer_dir, tmp_
     async with FakeRetriever({PROBE_QUERY: []}) as retriever:
         config = tmp_path / "search.yaml"
         config.write_text(f"search_r1:\n  local:\n    search_url: {retriever.search_url}\n")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate", "--data", str(data), "--hf-checkpoint", tokenizer_dir,
-            "--sglang-url", f"http://127.0.0.1:{port}", "--config", str(config), "--output", str(output), "--no-progress",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", f"http://127.0.0.1:{port}",
+            "--config", str(config), "--output", str(output), "--no-progress",
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
 
-    assert process.returncode == 1 and stdout == b""
+    assert code == 1 and stdout == b""
     [line] = stderr.decode().splitlines()
     assert line.startswith(f"ERROR: SGLang at http://127.0.0.1:{port} is not answering (")
     assert line.endswith("start it (python -m sglang.launch_server --model-path ... --port ...) or pass --sglang-url")
@@ -278,14 +274,12 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
     output = tmp_path / "out.jsonl"
     async with FakeSGLangPerPrompt(tokenizer, {chat_prompt(tokenizer, "who wrote hamlet"): []}) as sglang:
         next(iter(sglang.fakes.values())).failures.append(400)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate", "--data", str(data), "--hf-checkpoint", tokenizer_dir,
-            "--sglang-url", sglang.url(), "--skip-preflight", "--output", str(output), "--no-progress",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(), "--skip-preflight",
+            "--output", str(output), "--no-progress",
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
 
-    assert process.returncode == 1 and stdout == b""
+    assert code == 1 and stdout == b""
     assert stderr.decode().splitlines()[-1] == (
         f"ERROR: 1 of 1 trajectories failed: SGLang could not generate them (first error: {failed_error(output)}; "
         f"each failed record's 'error' in {output})"

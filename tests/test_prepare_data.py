@@ -4,7 +4,6 @@ label structure, split choice and order, and clear errors for bad input."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from search_r1_slime import prepare_data
+from tests.fakes.hub import run_without_hub
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,12 +73,6 @@ def flashrag(tmp_path: Path) -> Path:
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 f.write("\n")  # a trailing blank line is not a record
     return root
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rows_as_slime_reads_them(path: Path) -> list[dict]:
@@ -237,12 +231,7 @@ def test_a_broken_record_names_its_file_and_line_and_leaves_no_output(flashrag, 
 
 
 def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "search_r1_slime.prepare_data", "--local-dir", str(tmp_path / "out"), "--no-progress"],
-        # A hub that refuses connections, and an empty cache to fall back on.
-        env={"PATH": "/usr/bin:/bin", "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HOME": str(tmp_path / "hf")},
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_without_hub("search_r1_slime.prepare_data", "--local-dir", str(tmp_path / "out"), "--no-progress", home=tmp_path / "hf")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith("error: cannot download RUC-NLPIR/FlashRAG_datasets from the Hugging Face hub (")
