@@ -15,6 +15,11 @@ Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: t
 means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
 A JSON summary of the table is written next to the JSONL.
 
+Before the first trajectory every input is checked (the data, the search configuration, the
+tokenizer, that SGLang answers, and the search backend as ``search-r1-preflight`` checks it); a
+problem is one ``ERROR:`` line and exit status 1. Trajectories that SGLang failed count as wrong
+and make the exit status 1 too, with a line saying how many and why.
+
 slime is not needed: samples are a small record with the fields of slime's ``Sample`` that the
 plugin uses (it takes the path it takes on older slime versions).
 """
@@ -345,18 +350,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--temperature must be at least 0 and --top-p above 0 and at most 1")
     if cli.n_samples > 1 and cli.temperature == 0:
         parser.error("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
+    if cli.output.is_dir():
+        parser.error(f"--output {cli.output} is a directory; name the JSONL file to write")
     try:
         host, port = _sglang_address(cli.sglang_url)
     except ValueError as exc:
         parser.error(str(exc))
 
-    from generate_with_search import load_tokenizer
+    from generate_with_search import load_tokenizer, resolve_config
     from search_r1_slime.preflight import load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
     # Every check before the first trajectory, cheap ones first; one line per problem.
     try:
         overrides = load_search_overrides(cli.config)
+        resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
         rows = read_rows(cli.data, cli.limit)
     except ConfigError as exc:
         problems = exc.problems

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -91,9 +92,15 @@ async def _search_problems(urls: list[str], config: dict[str, Any], timeout_s: f
     """One test search per server through the rollouts' own client and settings (token, topk,
     proxy), without its cache and retries."""
     from local_search_server import local_search
+    from search_r1_slime import http_client
     from search_r1_slime.http_client import RequestFailed, close_shared_session
 
     problems = []
+    # A failed test search becomes one problem line; the client's own retry warnings would only
+    # say the same thing again, and the launch script shows every line as a problem.
+    client_log = logging.getLogger(http_client.__name__)
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
     try:
         for url in urls:
             local = {**config["local"], "search_url": url, "cache": False, "max_attempts": 1}
@@ -102,6 +109,7 @@ async def _search_problems(urls: list[str], config: dict[str, Any], timeout_s: f
             except (RequestFailed, ConfigError) as exc:
                 problems.append(f"retrieval server {url} failed a test search: {exc}")
     finally:
+        client_log.setLevel(level)
         await close_shared_session()
     return problems
 

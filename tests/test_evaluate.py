@@ -288,21 +288,23 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--data", "{tmp}/missing.parquet"], "ERROR: --data {tmp}/missing.parquet does not exist: build test.parquet with search-r1-prepare-data"),
-    (["--data", "{tmp}/search.yaml"], "ERROR: --data {tmp}/search.yaml is not a readable parquet file: "),
-    (["--hf-checkpoint", "{tmp}/no-model"], "ERROR: cannot load the tokenizer of --hf-checkpoint {tmp}/no-model: "),
-    (["--config", "{tmp}/missing.yaml"], "ERROR: [Errno 2] No such file or directory: '{tmp}/missing.yaml'"),
-    (["--config", "{tmp}/hyphen.yaml"], "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1"),
+    ({"--data": "{tmp}/missing.parquet"}, "ERROR: --data {tmp}/missing.parquet does not exist: build test.parquet with search-r1-prepare-data"),
+    ({"--data": "{tmp}/search.yaml"}, "ERROR: --data {tmp}/search.yaml is not a readable parquet file: "),
+    ({"--hf-checkpoint": "{tmp}/no-model"}, "ERROR: cannot load the tokenizer of --hf-checkpoint {tmp}/no-model: "),
+    ({"--config": "{tmp}/missing.yaml"}, "ERROR: [Errno 2] No such file or directory: '{tmp}/missing.yaml'"),
+    ({"--config": "{tmp}/hyphen.yaml"}, "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1"),
+    ({"--config": "{tmp}/typo.yaml", "--skip-preflight": None}, "ERROR: unknown search_r1 setting(s): max_turn."),
 ])
 def test_a_wrong_input_is_one_line_and_exit_1(tokenizer_dir, tmp_path, capsys, flags, message):
     write_test_parquet(tmp_path / "test.parquet")
     (tmp_path / "search.yaml").write_text("search_r1:\n  topk: 3\n")
     (tmp_path / "hyphen.yaml").write_text("search-r1:\n  topk: 3\n")
+    (tmp_path / "typo.yaml").write_text("search_r1:\n  max_turn: 3\n")
     argv = {"--data": str(tmp_path / "test.parquet"), "--hf-checkpoint": tokenizer_dir, "--config": str(tmp_path / "search.yaml"),
-            "--sglang-url": f"http://127.0.0.1:{closed_port()}"}
-    argv.update(zip(flags[::2], (flag.format(tmp=tmp_path) for flag in flags[1::2])))
+            "--sglang-url": f"http://127.0.0.1:{closed_port()}", "--output": str(tmp_path / "out.jsonl")}
+    argv.update({flag: value if value is None else value.format(tmp=tmp_path) for flag, value in flags.items()})
 
-    code = evaluate.main([item for pair in argv.items() for item in pair] + ["--output", str(tmp_path / "out.jsonl")])
+    code = evaluate.main([item for pair in argv.items() for item in pair if item is not None])
 
     assert code == 1
     [line] = capsys.readouterr().err.splitlines()
@@ -315,10 +317,11 @@ def test_a_wrong_input_is_one_line_and_exit_1(tokenizer_dir, tmp_path, capsys, f
     (["--top-p", "0"], "--top-p above 0 and at most 1"),
     (["--sglang-url", "http://127.0.0.1:99999"], "--sglang-url must look like http://HOST:PORT, got 'http://127.0.0.1:99999'"),
     (["--sglang-url", "localhost"], "--sglang-url must look like http://HOST:PORT, got 'localhost'"),
+    (["--output", "{tmp}"], "--output {tmp} is a directory; name the JSONL file to write"),
 ])
 def test_a_bad_flag_value_is_refused_by_the_command_line(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_:
-        evaluate.main(["--data", str(tmp_path / "x.parquet"), "--hf-checkpoint", str(tmp_path), *flags])
+        evaluate.main(["--data", str(tmp_path / "x.parquet"), "--hf-checkpoint", str(tmp_path), *[f.format(tmp=tmp_path) for f in flags]])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err

@@ -83,3 +83,14 @@ async def test_a_timeout_that_is_not_a_positive_number_is_refused(timeout):
     code, _, stderr = await run_preflight("--timeout", timeout)
     assert code == 2
     assert "argument --timeout:" in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("status", [422, 500])
+async def test_a_server_that_fails_the_test_search_is_one_line(tmp_path, status):
+    async with FakeRetriever({preflight.PROBE_QUERY: []}) as retriever:
+        retriever.failures.append(status)
+        code, stdout, stderr = await run_preflight("--config", str(config_file(tmp_path, retriever.search_url)))
+    assert code == 1 and stdout == ""
+    [line] = stderr.splitlines()
+    assert line.startswith(f"retrieval server {retriever.search_url} failed a test search: ")
+    assert f"HTTP {status}" in line
