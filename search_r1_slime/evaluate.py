@@ -106,7 +106,7 @@ def sampling_params(max_new_tokens: int, temperature: float, top_p: float) -> di
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """The rows to evaluate; ``ValueError`` (or ``OSError``) says what is wrong with the file."""
     if not path.is_file():
-        raise ValueError(f"--data {path} does not exist: build test.parquet with search-r1-prepare-data")
+        raise ValueError(f"--data {path} is not a file: build test.parquet with search-r1-prepare-data")
     try:
         table = pq.read_table(path)
     except pa.ArrowException as exc:

@@ -48,7 +48,8 @@ def load_search_overrides(config_path: str | Path | None) -> Any:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"{config_path} is not valid YAML: {exc}") from exc
+            # yaml's message spans lines; the launch script shows each line as a problem of its own.
+            raise ValueError(f"{config_path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{config_path}: expected a YAML mapping at the top level, got {type(data).__name__}")
     check_section_name(data)

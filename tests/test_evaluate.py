@@ -288,7 +288,8 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
 
 
 @pytest.mark.parametrize("flags, message", [
-    ({"--data": "{tmp}/missing.parquet"}, "ERROR: --data {tmp}/missing.parquet does not exist: build test.parquet with search-r1-prepare-data"),
+    ({"--data": "{tmp}/missing.parquet"}, "ERROR: --data {tmp}/missing.parquet is not a file: build test.parquet with search-r1-prepare-data"),
+    ({"--data": "{tmp}"}, "ERROR: --data {tmp} is not a file: build test.parquet with search-r1-prepare-data"),
     ({"--data": "{tmp}/search.yaml"}, "ERROR: --data {tmp}/search.yaml is not a readable parquet file: "),
     ({"--hf-checkpoint": "{tmp}/no-model"}, "ERROR: cannot load the tokenizer of --hf-checkpoint {tmp}/no-model: "),
     ({"--config": "{tmp}/missing.yaml"}, "ERROR: [Errno 2] No such file or directory: '{tmp}/missing.yaml'"),

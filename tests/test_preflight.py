@@ -78,6 +78,15 @@ async def test_a_missing_config_file_is_one_line(tmp_path):
     assert stderr.splitlines() == [f"cannot read the search configuration: [Errno 2] No such file or directory: '{tmp_path / 'nope.yaml'}'"]
 
 
+async def test_invalid_yaml_is_one_line(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("search_r1: [\n")
+    code, _, stderr = await run_preflight("--config", str(config))
+    assert code == 1
+    [line] = stderr.splitlines()
+    assert line.startswith(f"cannot read the search configuration: {config} is not valid YAML: while parsing")
+
+
 @pytest.mark.parametrize("timeout", ["0", "-1", "soon"])
 async def test_a_timeout_that_is_not_a_positive_number_is_refused(timeout):
     code, _, stderr = await run_preflight("--timeout", timeout)
