@@ -5,6 +5,7 @@ asserted: one line per problem and exit 1, or one line saying all is well and ex
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -17,8 +18,6 @@ TOKEN = "tok-0123456789abcdef"
 
 
 async def run_preflight(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    import os
-
     environment = {k: v for k, v in os.environ.items() if k != "RETRIEVAL_API_KEY"} | (env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "search_r1_slime.preflight", *args, env=environment,
