@@ -22,7 +22,9 @@ def readme_commands() -> list[str]:
     wherever README.md mentions them."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     modules = {m for m in re.findall(r"python3? -m ([A-Za-z_][\w.]*)", text) if (REPO / m.split(".")[0]).exists()}
-    scripts = set(re.findall(r"\bsearch-r1-[a-z-]+[a-z]\b", text))
+    # The distribution's own name (in paths such as its cache folder) is not a command.
+    distribution = re.search(r'^name = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    scripts = set(re.findall(r"\bsearch-r1-[a-z-]+[a-z]\b", text)) - {distribution}
     return sorted(modules) + sorted(scripts)
 
 
