@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None, *, source: Source | None = None) -> int:
     try:
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        parser.error(f"--save_path {save_path} cannot be a directory: {exc.strerror}")
+        parser.error(f"cannot create the directory --save_path {save_path}: {exc.strerror}")
     show = not args.no_progress
     if not show:
         from huggingface_hub.utils import disable_progress_bars

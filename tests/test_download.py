@@ -166,7 +166,7 @@ def test_copies_from_a_local_directory_show_a_progress_bar_unless_asked_not_to(h
 @pytest.mark.parametrize("flags, message", [
     (["--from_dir", "{tmp}/nowhere"], "--from_dir {tmp}/nowhere is not a directory"),
     (["--skip_index", "--skip_corpus"], "--skip_index and --skip_corpus together leave nothing to do"),
-    (["--save_path", "{tmp}/a_file"], "--save_path {tmp}/a_file cannot be a directory: File exists"),
+    (["--save_path", "{tmp}/a_file"], "cannot create the directory --save_path {tmp}/a_file: File exists"),
 ])
 def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, message):
     (tmp_path / "a_file").write_text("")
