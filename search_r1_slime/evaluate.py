@@ -31,14 +31,14 @@ import asyncio
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-import urllib.error
-import urllib.request
 from urllib.parse import urlsplit
 
 import pyarrow as pa
