@@ -48,7 +48,7 @@ from typing import Any
 
 from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
 from search_r1_slime.search_slots import SearchSlot, SlotTimeout
-from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, uploaded_secret_problems
+from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, check_section_name, uploaded_secret_problems
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def resolve_config(args: Any) -> dict[str, Any]:
     Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name, and
     every key written in ``args.search_r1`` while ``args.use_wandb`` uploads ``args`` to W&B.
     """
+    check_section_name(getattr(args, "__dict__", ()))  # slime sets each top-level YAML key as an attribute
     override = getattr(args, "search_r1", None) or {}
     if not isinstance(override, Mapping):
         problem = (

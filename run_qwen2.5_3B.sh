@@ -18,7 +18,8 @@
 #   MASTER_ADDR         address the Ray head binds                       127.0.0.1
 #   RAY_DASHBOARD_PORT  Ray dashboard / job API port                     8265
 #   RAY_START_TIMEOUT   seconds to wait for a Ray head this script starts 120
-#   DRY_RUN=1           run the checks, print the command, start and stop nothing
+#   DRY_RUN             1/true/yes/on: run the checks, print the command, start and stop nothing
+#                       (0/false/no/off or unset: launch)                0
 #   RETRIEVAL_API_KEY, SERPER_API_KEY
 #                       search keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
 #
@@ -45,6 +46,15 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_START_TIMEOUT="${RAY_START_TIMEOUT:-120}"
 DRY_RUN="${DRY_RUN:-0}"
+# The usual spellings of a yes/no switch; anything else is a mistake, not a launch.
+case "${DRY_RUN,,}" in
+   1 | true | yes | on) DRY_RUN=1 ;;
+   0 | false | no | off | "") DRY_RUN=0 ;;
+   *)
+      echo "ERROR: DRY_RUN=${DRY_RUN} is not a yes/no value: use 1, true, yes or on for a dry run, 0, false, no or off (or unset) to launch." >&2
+      exit 1
+      ;;
+esac
 
 # Keeps Ray from buffering the trainer's stdout/stderr.
 export PYTHONUNBUFFERED=1
@@ -74,6 +84,11 @@ TRAIN_DATA="${DATA_DIR}/train.parquet"
 if [[ ! -f "${TRAIN_DATA}" ]]; then
    problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} (or set DATA_DIR)."
 fi
+for name in NUM_GPUS EVAL_INTERVAL RAY_DASHBOARD_PORT RAY_START_TIMEOUT; do
+   if [[ ! "${!name}" =~ ^[0-9]+$ ]] || ((10#${!name} == 0)); then
+      problem "${name}=${!name} must be a whole number above 0."
+   fi
+done
 # Periodic evaluation: every data set on its own (slime logs eval/<source>, the eval-log hook adds
 # eval/<source>/search_r1/exact_match), on its first EVAL_PER_SOURCE rows so it stays cheap.
 EVAL_ARGS=()

@@ -21,7 +21,8 @@ import argparse
 import gzip
 import logging
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,29 @@ class DownloadError(RuntimeError):
     pass
 
 
+# Where the hub's errors come from: huggingface_hub itself and the HTTP stack under it (which one
+# depends on its version). An error from anywhere else is a bug of ours and keeps its traceback.
+_HUB_LIBRARIES = frozenset({"huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"})
+
+
+@contextmanager
+def from_the_hub(what: str, offline: str) -> Iterator[None]:
+    """Turn a failure of the hub or of the network under it into one ``DownloadError`` line that
+    says ``what`` failed and, for a machine without Hub access, the ``offline`` alternative."""
+    try:
+        yield
+    except Exception as exc:
+        if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] not in _HUB_LIBRARIES:
+            raise
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
+        raise DownloadError(
+            f"cannot {what} from the Hugging Face hub ({type(exc).__name__}: {reason}); without Hub access, {offline}"
+        ) from exc
+
+
+_OFFLINE = "copy the files onto this machine and pass --from_dir DIR"
+
+
 class Source(Protocol):
     """Where the files come from: the Hugging Face hub, or a local directory."""
 
@@ -77,7 +101,8 @@ class HubSource:
     def sizes(self, repo_id: str, filenames: list[str]) -> dict[str, int]:
         from huggingface_hub import HfApi
 
-        found = {f.path: f.size for f in HfApi().get_paths_info(repo_id, filenames, repo_type="dataset")}
+        with from_the_hub(f"list the files of {repo_id}", _OFFLINE):
+            found = {f.path: f.size for f in HfApi().get_paths_info(repo_id, filenames, repo_type="dataset")}
         missing = sorted(set(filenames) - set(found))
         if missing:
             raise DownloadError(f"dataset repo {repo_id} has no file(s) {missing}; check --repo_id / --corpus_repo_id and the file names")
@@ -86,7 +111,8 @@ class HubSource:
     def fetch(self, repo_id: str, filename: str, local_dir: Path) -> Path:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", local_dir=local_dir))
+        with from_the_hub(f"download {repo_id}/{filename}", _OFFLINE):
+            return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", local_dir=local_dir))
 
 
 @dataclass(frozen=True)
@@ -94,6 +120,7 @@ class LocalSource:
     """Files already on disk in ``directory`` (repository ids are ignored)."""
 
     directory: Path
+    show_progress: bool = True
 
     def _path(self, filename: str) -> Path:
         path = self.directory / filename
@@ -105,9 +132,7 @@ class LocalSource:
         return {name: self._path(name).stat().st_size for name in filenames}
 
     def fetch(self, repo_id: str, filename: str, local_dir: Path) -> Path:
-        target = local_dir / filename
-        shutil.copyfile(self._path(filename), target)
-        return target
+        return join_parts([self._path(filename)], local_dir / filename, show_progress=self.show_progress, verb="copying")
 
 
 def check_size(path: Path, expected: int) -> None:
@@ -129,11 +154,11 @@ def _progress(total: int, desc: str, show: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, disable=not show)
 
 
-def join_parts(parts: Iterable[Path], output: Path, *, show_progress: bool = True) -> Path:
+def join_parts(parts: Iterable[Path], output: Path, *, show_progress: bool = True, verb: str = "joining") -> Path:
     """Concatenate ``parts`` in order into ``output`` (written under a temporary name first)."""
     parts = list(parts)
     tmp = output.with_name(output.name + ".partial")
-    with open(tmp, "wb") as out, _progress(sum(p.stat().st_size for p in parts), f"joining into {output.name}", show_progress) as bar:
+    with open(tmp, "wb") as out, _progress(sum(p.stat().st_size for p in parts), f"{verb} into {output.name}", show_progress) as bar:
         for part in parts:
             with open(part, "rb") as src:
                 while chunk := src.read(_COPY_CHUNK):
@@ -203,32 +228,47 @@ def download_corpus(source: Source, repo_id: str, filename: str, save_path: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Download the wiki-18 E5 index and corpus from the Hugging Face hub.")
+    p = argparse.ArgumentParser(
+        prog="python -m local_dense_retriever.download",
+        description="Download the wiki-18 E5 index and corpus from the Hugging Face hub (or copy them from --from_dir).",
+    )
     p.add_argument("--save_path", required=True, help="directory for e5_Flat.index and wiki-18.jsonl")
     p.add_argument("--index", choices=list(PREBUILT), default="flat",
-                   help="which prebuilt index: flat (exact, e5_Flat.index) or hnsw64 (Search-R1's e5_HNSW64.index)")
+                   help="which prebuilt index: flat (exact, e5_Flat.index) or hnsw64 (Search-R1's e5_HNSW64.index) (default: %(default)s)")
     p.add_argument("--repo_id", default=None, help="dataset repo holding the index parts (default: --index's)")
     p.add_argument("--index_parts", nargs="+", default=None, help="part files, joined in this order (default: --index's)")
     p.add_argument("--index_name", default=None, help="name of the joined index file (default: --index's)")
-    p.add_argument("--corpus_repo_id", default=CORPUS_REPO, help="dataset repo holding the corpus")
-    p.add_argument("--corpus_file", default=CORPUS_FILE, help="corpus file in that repo (.gz is unpacked)")
+    p.add_argument("--corpus_repo_id", default=CORPUS_REPO, help="dataset repo holding the corpus (default: %(default)s)")
+    p.add_argument("--corpus_file", default=CORPUS_FILE, help="corpus file in that repo, unpacked if .gz (default: %(default)s)")
     p.add_argument("--skip_index", action="store_true", help="do not download the index")
     p.add_argument("--skip_corpus", action="store_true", help="do not download the corpus")
     p.add_argument("--keep_downloads", action="store_true", help="keep the parts and the .gz after joining/unpacking")
-    p.add_argument("--from_dir", type=Path, default=None, help="take the files from this directory instead of the hub")
+    p.add_argument("--from_dir", type=Path, default=None, help="take the files from this directory instead of the hub, for machines without Hub access (default: the hub)")
     p.add_argument("--no_progress", action="store_true", help="no progress bars")
     return p
 
 
 def main(argv: list[str] | None = None, *, source: Source | None = None) -> int:
     """``source`` overrides where files come from (tests pass their own)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     setup_logging()
-    if source is None:
-        source = LocalSource(args.from_dir) if args.from_dir else HubSource()
+    if args.skip_index and args.skip_corpus:
+        parser.error("--skip_index and --skip_corpus together leave nothing to do")
+    if args.from_dir is not None and not args.from_dir.is_dir():
+        parser.error(f"--from_dir {args.from_dir} is not a directory")
     save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
+    try:
+        save_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"cannot create the directory --save_path {save_path}: {exc.strerror}")
     show = not args.no_progress
+    if not show:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # the hub's own bars, one per file downloaded
+    if source is None:
+        source = LocalSource(args.from_dir, show_progress=show) if args.from_dir else HubSource()
     try:
         if not args.skip_index:
             prebuilt = PREBUILT[args.index]
@@ -236,7 +276,7 @@ def main(argv: list[str] | None = None, *, source: Source | None = None) -> int:
             download_index(source, repo_id, parts, save_path, name, keep_downloads=args.keep_downloads, show_progress=show)
         if not args.skip_corpus:
             download_corpus(source, args.corpus_repo_id, args.corpus_file, save_path, keep_downloads=args.keep_downloads, show_progress=show)
-    except DownloadError as exc:
+    except (DownloadError, OSError) as exc:  # OSError: the disk (full, read-only, not ours)
         logger.error("%s", exc)
         return 1
     return 0

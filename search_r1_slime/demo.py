@@ -103,15 +103,32 @@ async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: i
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _int_in(low: int, high: int):
+    def parse(value: str) -> int:
+        number = int(value)
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
-    p.add_argument("--query", default=DEFAULT_QUERY)
-    p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached")
+    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask (default: %(default)s)")
+    p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100 (default: %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="interface the server binds (default: %(default)s)")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port the server binds, 0 for any free one (default: %(default)s)")
+    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached (default: %(default)s)")
     p.add_argument("--serve", action="store_true", help="keep serving after the sample query")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        p.error(f"--data_dir {args.data_dir} is a file, not a directory")
     setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the hub
     config = prepare(args.data_dir)

@@ -15,6 +15,11 @@ Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: t
 means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
 A JSON summary of the table is written next to the JSONL.
 
+Before the first trajectory every input is checked (the data, the search configuration, the
+tokenizer, that SGLang answers, and the search backend as ``search-r1-preflight`` checks it); a
+problem is one ``ERROR:`` line and exit status 1. Trajectories that SGLang failed count as wrong
+and make the exit status 1 too, with a line saying how many and why.
+
 slime is not needed: samples are a small record with the fields of slime's ``Sample`` that the
 plugin uses (it takes the path it takes on older slime versions).
 """
@@ -26,6 +31,8 @@ import asyncio
 import json
 import logging
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -34,6 +41,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -96,11 +104,19 @@ def sampling_params(max_new_tokens: int, temperature: float, top_p: float) -> di
 
 
 def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = pq.read_table(path).to_pylist()
-    missing = {"prompt", "reward_model", "data_source"} - set(rows[0] if rows else {})
+    """The rows to evaluate; ``ValueError`` (or ``OSError``) says what is wrong with the file."""
+    if not path.is_file():
+        raise ValueError(f"--data {path} is not a file: build test.parquet with search-r1-prepare-data")
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        raise ValueError(f"--data {path} is not a readable parquet file: {exc}") from None
+    missing = {"prompt", "reward_model", "data_source"} - set(table.column_names)
     if missing:
-        raise ValueError(f"{path} lacks column(s) {sorted(missing)}: build it with search-r1-prepare-data")
-    return rows[:limit] if limit is not None else rows
+        raise ValueError(f"--data {path} lacks column(s) {sorted(missing)}: build it with search-r1-prepare-data")
+    if table.num_rows == 0:
+        raise ValueError(f"--data {path} has no rows")
+    return table.slice(0, limit).to_pylist()
 
 
 async def evaluate_row(
@@ -275,24 +291,48 @@ def summary_path(output: Path) -> Path:
 
 def _sglang_address(url: str) -> tuple[str, int]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
-    if not parts.hostname or not parts.port:
+    try:
+        port = parts.port
+    except ValueError:  # a port out of range or not a number
+        port = None
+    if not parts.hostname or not port:
         raise ValueError(f"--sglang-url must look like http://HOST:PORT, got {url!r}")
-    return parts.hostname, parts.port
+    return parts.hostname, port
+
+
+def sglang_problem(host: str, port: int, timeout_s: float = 5.0) -> str | None:
+    """None when something answers HTTP at SGLang's address (any status: the router and old
+    engines differ in what they serve), else why not."""
+    url = f"http://{host}:{port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s):
+            return None
+    except urllib.error.HTTPError:
+        return None
+    except OSError as exc:
+        return (
+            f"SGLang at http://{host}:{port} is not answering ({getattr(exc, 'reason', exc)}): start it "
+            "(python -m sglang.launch_server --model-path ... --port ...) or pass --sglang-url"
+        )
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join(str(text).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="test.parquet from search-r1-prepare-data")
     parser.add_argument("--hf-checkpoint", required=True, help="the served model's HF folder (its tokenizer is used)")
-    parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address")
-    parser.add_argument("--config", type=Path, help="YAML with a search_r1: mapping, as given to slime's --custom-config-path")
-    parser.add_argument("--output", type=Path, default=Path("eval_trajectories.jsonl"), help="JSONL of every trajectory")
-    parser.add_argument("--max-response-len", type=int, default=512, help="token budget of a whole response (as --rollout-max-response-len)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, as in the paper")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--n-samples", type=int, default=1, help="samples per question, for mean@K and pass@K (needs --temperature > 0)")
-    parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address (default: %(default)s)")
+    parser.add_argument("--config", type=Path, help="YAML with a search_r1: mapping, as given to slime's --custom-config-path (default: the plugin's defaults)")
+    parser.add_argument("--output", type=Path, default=Path("eval_trajectories.jsonl"), help="JSONL of every trajectory; the summary goes next to it (default: %(default)s)")
+    parser.add_argument("--max-response-len", type=int, default=512, help="token budget of a whole response, as --rollout-max-response-len (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy, as in the paper (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: %(default)s)")
+    parser.add_argument("--n-samples", type=int, default=1, help="samples per question, for mean@K and pass@K; above 1 needs --temperature > 0 (default: %(default)s)")
+    parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once (default: %(default)s)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -304,19 +344,47 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if cli.max_concurrency < 1 or cli.max_response_len < 1 or cli.n_samples < 1:
         parser.error("--max-concurrency, --max-response-len and --n-samples must be at least 1")
+    if cli.limit is not None and cli.limit < 1:
+        parser.error(f"--limit must be at least 1, got {cli.limit}")
+    if cli.temperature < 0 or not 0 < cli.top_p <= 1:
+        parser.error("--temperature must be at least 0 and --top-p above 0 and at most 1")
     if cli.n_samples > 1 and cli.temperature == 0:
         parser.error("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
+    if cli.output.is_dir():
+        parser.error(f"--output {cli.output} is a directory; name the JSONL file to write")
+    try:
+        host, port = _sglang_address(cli.sglang_url)
+    except ValueError as exc:
+        parser.error(str(exc))
 
+    from generate_with_search import load_tokenizer, resolve_config
     from search_r1_slime.preflight import load_search_overrides, search_problems
+    from search_r1_slime.settings import ConfigError
 
-    host, port = _sglang_address(cli.sglang_url)
-    overrides = load_search_overrides(cli.config)
-    if not cli.skip_preflight:
-        problems = search_problems(overrides)
-        if problems:
-            for problem in problems:
-                print(f"ERROR: {problem}", file=sys.stderr)
-            return 1
+    # Every check before the first trajectory, cheap ones first; one line per problem.
+    try:
+        overrides = load_search_overrides(cli.config)
+        resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
+        rows = read_rows(cli.data, cli.limit)
+    except ConfigError as exc:
+        problems = exc.problems
+    except (OSError, ValueError) as exc:
+        problems = [str(exc)]
+    else:
+        problems = []
+    if not problems:
+        try:
+            load_tokenizer(cli.hf_checkpoint)
+        except (OSError, ValueError) as exc:
+            problems = [f"cannot load the tokenizer of --hf-checkpoint {cli.hf_checkpoint}: {_one_line(exc)}"]
+    if not problems:
+        problems = [p for p in [sglang_problem(host, port)] if p is not None]
+        if not cli.skip_preflight:
+            problems += search_problems(overrides)
+    if problems:
+        for problem in problems:
+            print(f"ERROR: {problem}", file=sys.stderr)
+        return 1
     args = SimpleNamespace(
         sglang_router_ip=host,
         sglang_router_port=port,
@@ -325,24 +393,32 @@ def main(argv: list[str] | None = None) -> int:
         partial_rollout=False,
         search_r1=dict(overrides),
     )
-    rows = read_rows(cli.data, cli.limit)
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
     records = asyncio.run(
         run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
     )
 
-    failed = sum(record["status"] == EvalSample.Status.FAILED.value for record in records)
-    if failed:
-        print(f"WARNING: {failed} trajectories failed (SGLang errors, see 'error' in {cli.output}); they count as wrong.", file=sys.stderr)
+    failed = [record for record in records if record["status"] == EvalSample.Status.FAILED.value]
+    failure = (
+        f"{len(failed)} of {len(records)} trajectories failed: SGLang could not generate them "
+        f"(first error: {_one_line(failed[0]['error'])}; each failed record's 'error' in {cli.output})"
+        if failed else ""
+    )
+    if len(failed) == len(records):  # nothing was evaluated: a table of zeros would be a lie
+        print(f"ERROR: {failure}", file=sys.stderr)
+        return 1
     scores = scores_by_source(records)
     summary = summary_path(cli.output)
     settings = {"data": str(cli.data), "questions": len(rows), "temperature": cli.temperature, "top_p": cli.top_p,
                 "max_response_len": cli.max_response_len, "trajectories": str(cli.output)}
-    write_summary(summary, scores, cli.n_samples, failed, settings)
+    write_summary(summary, scores, cli.n_samples, len(failed), settings)
     samples = f" x {cli.n_samples} samples" if cli.n_samples > 1 else ""
     print(f"Scores of {len(rows)} questions{samples} (trajectories in {cli.output}, summary in {summary});")
     print("Search-R1 rows: the paper's Qwen2.5-3B GRPO exact match, averaged over the same data sets.")
     print(format_table(scores, cli.n_samples))
+    if failed:
+        print(f"ERROR: {failure}; the table counts them as wrong.", file=sys.stderr)
+        return 1
     return 0
 
 

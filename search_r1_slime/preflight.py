@@ -4,15 +4,21 @@
 as ``search-r1-preflight``) and the evaluation
 calls ``search_problems()``. Both see the settings the plugin will use, resolved by the plugin's
 own ``resolve_config``: ``SEARCH_R1_CONFIGS`` with the YAML's ``search_r1:`` mapping (slime's
-``--custom-config-path`` file) on top, so a typo in a key is reported here, before launch. For
-the local backend every retrieval server must answer ``GET /health``; for Google a serper.dev key
-must be configured (the key itself is never printed).
+``--custom-config-path`` file) on top, so a typo in a key (or in ``search_r1`` itself) is reported
+here, before launch. For the local backend every retrieval server must answer ``GET /health`` and
+then one test search sent by the plugin's own client with the plugin's settings, so a missing or
+wrong access token (401), a ``topk`` the server refuses or an answer in the wrong format shows up
+here rather than as failed searches in every rollout. For Google a serper.dev key must be
+configured (the key itself is never printed; it is not tried, as a search costs a credit).
+The command prints one line per problem and exits 1, or one line saying the backend is ready.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import sys
 import urllib.error
 import urllib.request
@@ -20,9 +26,20 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from search_r1_slime.settings import (
+    RETRIEVAL_API_KEY_ENV, SECTION, SERPER_API_KEY_ENV, ConfigError, check_section_name, resolve_secret,
+)
+
+# What the test search asks: any query does; this one says where it came from in a server's log.
+PROBE_QUERY = "search-r1 preflight test search"
+
 
 def load_search_overrides(config_path: str | Path | None) -> Any:
-    """The ``search_r1:`` mapping of a slime ``--custom-config-path`` YAML ({} when absent)."""
+    """The ``search_r1:`` mapping of a slime ``--custom-config-path`` YAML ({} when absent).
+
+    Raises ``OSError`` for a file that cannot be read, ``ValueError`` for one that is not a YAML
+    mapping and ``ConfigError`` for a near miss of the ``search_r1`` key.
+    """
     if config_path is None:
         return {}
     import yaml  # slime's own dependency; only needed when a config file is given
@@ -31,10 +48,12 @@ def load_search_overrides(config_path: str | Path | None) -> Any:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as exc:
-            raise ValueError(f"{config_path} is not valid YAML: {exc}") from exc
+            # yaml's message spans lines; the launch script shows each line as a problem of its own.
+            raise ValueError(f"{config_path} is not valid YAML: {' '.join(str(exc).split())}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{config_path}: expected a YAML mapping at the top level, got {type(data).__name__}")
-    return data.get("search_r1") or {}  # resolve_config says what is wrong with its contents
+    check_section_name(data)
+    return data.get(SECTION) or {}  # resolve_config says what is wrong with its contents
 
 
 def health_url(search_url: str) -> str:
@@ -70,44 +89,110 @@ def _health_problem(search_url: str, timeout_s: float) -> str | None:
         )
 
 
+async def _search_problems(urls: list[str], config: dict[str, Any], timeout_s: float) -> list[str]:
+    """One test search per server through the rollouts' own client and settings (token, topk,
+    proxy), without its cache and retries."""
+    from local_search_server import local_search
+    from search_r1_slime import http_client
+    from search_r1_slime.http_client import RequestFailed, close_shared_session
+
+    problems = []
+    # A failed test search becomes one problem line; the client's own retry warnings would only
+    # say the same thing again, and the launch script shows every line as a problem.
+    client_log = logging.getLogger(http_client.__name__)
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
+    try:
+        for url in urls:
+            local = {**config["local"], "search_url": url, "cache": False, "max_attempts": 1}
+            try:
+                await local_search(query=PROBE_QUERY, top_k=config["topk"], timeout=timeout_s, **local)
+            except (RequestFailed, ConfigError) as exc:
+                problems.append(f"retrieval server {url} failed a test search: {exc}")
+    finally:
+        client_log.setLevel(level)
+        await close_shared_session()
+    return problems
+
+
 def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = False) -> list[str]:
     """What stands between the plugin and a working search backend; [] when nothing does.
 
     ``use_wandb``: slime will upload its args to W&B, so no key may be written in ``overrides``.
     """
-    from generate_with_search import ConfigError, resolve_config
+    from generate_with_search import resolve_config
 
     try:
         config = resolve_config(SimpleNamespace(search_r1=overrides, use_wandb=use_wandb))
     except ConfigError as exc:
         return exc.problems
     if config["search_backend"] == "google":
-        from search_r1_slime.settings import SERPER_API_KEY_ENV, resolve_secret
-
         if resolve_secret(config["google"]["api_key"], config["google"]["api_key_file"], SERPER_API_KEY_ENV) is not None:
             return []
         return [
             "search_backend is 'google' but no serper.dev key is set: export SERPER_API_KEY=... "
             "(or set search_r1.google.api_key_file, a file holding the key, in your --custom-config-path YAML)"
         ]
+    urls = _search_urls(config)
+    problems = [problem for url in urls if (problem := _health_problem(url, timeout_s)) is not None]
+    return problems or asyncio.run(_search_problems(urls, config, timeout_s))
+
+
+def _search_urls(config: dict[str, Any]) -> list[str]:
     urls = config["local"]["search_url"]
-    urls = [urls] if isinstance(urls, str) else urls
-    return [problem for url in urls if (problem := _health_problem(url, timeout_s)) is not None]
+    return [urls] if isinstance(urls, str) else urls
+
+
+def ready_line(overrides: Any) -> str:
+    """What the preflight prints when ``search_problems(overrides)`` found nothing."""
+    from generate_with_search import resolve_config
+
+    config = resolve_config(SimpleNamespace(search_r1=overrides))
+    if config["search_backend"] == "google":
+        return "search backend ready: google (serper.dev key set)"
+    urls = _search_urls(config)
+    token = resolve_secret(config["local"]["api_key"], config["local"]["api_key_file"], RETRIEVAL_API_KEY_ENV)
+    token = "with the access token" if token else "without an access token"
+    return f"search backend ready: {len(urls)} retrieval server(s) answered a test search {token} ({', '.join(urls)})"
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", help="slime --custom-config-path YAML with a search_r1: mapping (default: the plugin's defaults)"
+    )
+    parser.add_argument(
+        "--timeout", type=_positive, default=5.0,
+        help="seconds to wait for each /health and each test search (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb): refuse keys written in the YAML"
+    )
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="slime --custom-config-path YAML with a search_r1: mapping")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each /health")
-    parser.add_argument("--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb): refuse keys written in the YAML")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        problems = search_problems(load_search_overrides(args.config), args.timeout, args.use_wandb)
+        overrides = load_search_overrides(args.config)
+        problems = search_problems(overrides, args.timeout, args.use_wandb)
+    except ConfigError as exc:
+        problems = exc.problems
     except (OSError, ValueError, ImportError) as exc:
         problems = [f"cannot read the search configuration: {exc}"]
     for problem in problems:
-        print(problem)
-    return 1 if problems else 0
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(ready_line(overrides))
+    return 0
 
 
 if __name__ == "__main__":

@@ -160,12 +160,16 @@ def download_flashrag(sources: list[str], repo_id: str = FLASHRAG_REPO, revision
     """Fetch only the named datasets' JSONL files from the Hub (cached, resumable)."""
     from huggingface_hub import snapshot_download
 
-    path = snapshot_download(
-        repo_id=repo_id,
-        repo_type="dataset",
-        revision=revision,
-        allow_patterns=[f"{source}/*.jsonl" for source in sources],
-    )
+    from local_dense_retriever.download import from_the_hub
+
+    offline = f"copy the data set repository {repo_id} (one folder per data set) onto this machine and pass --flashrag-dir DIR"
+    with from_the_hub(f"download {repo_id}", offline):
+        path = snapshot_download(
+            repo_id=repo_id,
+            repo_type="dataset",
+            revision=revision,
+            allow_patterns=[f"{source}/*.jsonl" for source in sources],
+        )
     return Path(path)
 
 
@@ -178,26 +182,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-dir", "--local_dir", required=True, type=Path, help="where the parquet files go")
     parser.add_argument(
         "--train-sources", "--data_sources", default=",".join(TRAIN_SOURCES), type=_source_list,
-        help="comma-separated FlashRAG datasets for train.parquet ('' to skip it)",
+        help="comma-separated FlashRAG datasets for train.parquet ('' to skip it; default: %(default)s)",
     )
     parser.add_argument(
         "--test-sources", default=",".join(TEST_SOURCES), type=_source_list,
-        help="comma-separated FlashRAG datasets for test.parquet ('' to skip it)",
+        help="comma-separated FlashRAG datasets for test.parquet ('' to skip it; default: %(default)s)",
     )
     parser.add_argument(
         "--per-source-test", action="store_true",
         help="also write test_<dataset>.parquet for each test dataset (for per-dataset evaluation during training)",
     )
-    parser.add_argument("--flashrag-dir", type=Path, help="a local copy of FlashRAG_datasets (default: download)")
-    parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from")
-    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin the data to")
+    parser.add_argument("--flashrag-dir", type=Path, help="a local copy of FlashRAG_datasets, for machines without Hub access (default: download from the Hub)")
+    parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from (default: %(default)s)")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin the data to (default: the newest)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the download's progress bars")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.train_sources and not args.test_sources:
+        parser.error("--train-sources and --test-sources are both empty: nothing to write")
+    if args.flashrag_dir is not None and not args.flashrag_dir.is_dir():
+        parser.error(f"--flashrag-dir {args.flashrag_dir} is not a directory")
+    if args.no_progress:
+        from huggingface_hub.utils import disable_progress_bars
 
+        disable_progress_bars()
+    from local_dense_retriever.download import DownloadError
+
+    try:
+        _prepare(args)
+    # A dataset without the split, a broken record, the Hub out of reach, a --local-dir that cannot be written.
+    except (OSError, ValueError, DownloadError) as exc:
+        logger.error("error: %s", exc)
+        return 1
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> None:
     flashrag_dir = args.flashrag_dir
     if flashrag_dir is None:
         flashrag_dir = download_flashrag(sorted({*args.train_sources, *args.test_sources}), args.repo_id, args.revision)
@@ -212,7 +237,6 @@ def main(argv: list[str] | None = None) -> int:
         for source in args.test_sources:
             path = per_source_test_path(args.local_dir, source)
             logger.info("wrote %s: %d rows", path, write_parquet(path, flashrag_dir, [source], "test"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Every problem is reported with the key's dotted name, e.g.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -65,6 +66,25 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# The top-level key of slime's --custom-config-path YAML that holds these settings, and the
+# spellings of it that people write instead (any case, any separator or none, an l for the 1).
+SECTION = "search_r1"
+_NEAR_SECTION = re.compile(r"search[\W_]*r[\W_]*[1l]", re.IGNORECASE)
+
+
+def check_section_name(top_level_keys: Iterable[Any]) -> None:
+    """Refuse a near miss of ``search_r1`` (``search-r1``, ``searchr1``, ``Search_R1``...) among the
+    YAML's top-level keys: slime would set it as an attribute of its own name, the plugin would
+    never read it, and the run would go on silently with the defaults."""
+    problems = [
+        f"top-level key {key!r} is not read by the plugin: name it {SECTION} (lower case, underscore)"
+        for key in top_level_keys
+        if isinstance(key, str) and key != SECTION and _NEAR_SECTION.fullmatch(key)
+    ]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _is_http_url(value: object) -> bool:

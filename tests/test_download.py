@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from local_dense_retriever import download
+from tests.fakes.hub import run_without_hub
 
 CORPUS_LINES = b'{"id": "0", "contents": "\\"A\\"\\na"}\n{"id": "1", "contents": "\\"B\\"\\nb"}\n'
 
@@ -142,3 +143,34 @@ def test_hnsw64_from_a_local_directory_with_an_explicit_name(hub_dir, tmp_path):
     out = tmp_path / "out"
     assert run(["--save_path", str(out), "--from_dir", str(hub_dir), "--index", "hnsw64", "--index_name", "hnsw.index", "--skip_corpus"]) == 0
     assert (out / "hnsw.index").read_bytes() == b"A" * 1000 + b"B" * 333
+
+
+def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
+    result = run_without_hub("local_dense_retriever.download", "--save_path", str(tmp_path / "out"), "--no_progress", home=tmp_path / "hf")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert " ERROR __main__: cannot list the files of PeterJinGo/wiki-18-e5-index from the Hugging Face hub (" in line
+    assert line.endswith("; without Hub access, copy the files onto this machine and pass --from_dir DIR")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_copies_from_a_local_directory_show_a_progress_bar_unless_asked_not_to(hub_dir, tmp_path, capsys):
+    assert download.main(["--save_path", str(tmp_path / "out"), "--from_dir", str(hub_dir), "--skip_corpus"]) == 0
+    bars = capsys.readouterr().err
+    assert "copying into part_aa: 100%" in bars and "joining into e5_Flat.index: 100%" in bars
+
+    assert download.main(["--save_path", str(tmp_path / "quiet"), "--from_dir", str(hub_dir), "--skip_corpus", "--no_progress"]) == 0
+    assert "100%" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--from_dir", "{tmp}/nowhere"], "--from_dir {tmp}/nowhere is not a directory"),
+    (["--skip_index", "--skip_corpus"], "--skip_index and --skip_corpus together leave nothing to do"),
+    (["--save_path", "{tmp}/a_file"], "cannot create the directory --save_path {tmp}/a_file: File exists"),
+])
+def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, message):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(SystemExit) as exit_:
+        download.main(["--save_path", str(tmp_path / "out"), *[f.format(tmp=tmp_path) for f in flags]])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message.format(tmp=tmp_path)}")

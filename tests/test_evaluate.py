@@ -15,6 +15,8 @@ import pytest
 import pyarrow.parquet as pq
 
 from search_r1_slime import evaluate, prepare_data
+from search_r1_slime.preflight import PROBE_QUERY
+from tests.fakes.loopback import closed_port
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sglang import FakeSGLang, FakeSGLangPerPrompt, Turn
 
@@ -80,6 +82,20 @@ def write_test_parquet(path: Path, cases=CASES) -> None:
     pq.write_table(pa.Table.from_pylist(rows, schema=prepare_data.SCHEMA), path)
 
 
+async def run_evaluate(*args: str) -> tuple[int, bytes, bytes]:
+    """The command line as a user runs it, in a process of its own (the stand-ins serve from this one)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "search_r1_slime.evaluate", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode, stdout, stderr
+
+
+def failed_error(output: Path) -> str:
+    """The error of the first failed record of a trajectories file."""
+    return next(r["error"] for r in map(json.loads, output.read_text().splitlines()) if r["status"] == "failed")
+
+
 def chat_prompt(tokenizer, question: str) -> str:
     content = prepare_data.make_prompt(prepare_data.normalize_question(question))
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
@@ -91,21 +107,20 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
     scripts = {chat_prompt(tokenizer, question): turns for _, question, _, turns, _ in CASES}
     output = tmp_path / "out/trajectories.jsonl"
 
-    async with FakeSGLangPerPrompt(tokenizer, scripts) as sglang, FakeRetriever(CORPUS) as retriever:
+    # The preflight's test search first, then the model's searches.
+    async with FakeSGLangPerPrompt(tokenizer, scripts) as sglang, FakeRetriever({**CORPUS, PROBE_QUERY: []}) as retriever:
         triviaqa = sglang.fakes[chat_prompt(tokenizer, CASES[2][1])]
         triviaqa.failures.append(400)  # a request SGLang rejects: not retried, the sample fails
         config = tmp_path / "search.yaml"
         config.write_text(f"search_r1:\n  max_turns: 2\n  local:\n    search_url: {retriever.search_url}\n")
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate",
+        code, stdout, stderr = await run_evaluate(
             "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(),
             "--config", str(config), "--output", str(output), "--max-concurrency", "2", "--no-progress",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, stderr.decode()
+        assert code == 1, stderr.decode()  # one trajectory failed: not a clean evaluation
         assert all(fake.script_done for fake in sglang.fakes.values())
-        assert sorted(retriever.queries_received) == sorted(CORPUS)
+        assert retriever.queries_received[0] == PROBE_QUERY
+        assert sorted(retriever.queries_received[1:]) == sorted(CORPUS)
 
         # Greedy, as Search-R1 evaluated.
         assert {r["sampling_params"]["temperature"] for f in sglang.fakes.values() for r in f.requests} == {0.0}
@@ -113,7 +128,11 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
     summary = tmp_path / "out/trajectories.summary.json"
     assert stdout.decode().splitlines()[-len(EXPECTED_TABLE.splitlines()):] == EXPECTED_TABLE.splitlines()
     assert f"Scores of 8 questions (trajectories in {output}, summary in {summary})" in stdout.decode()
-    assert "WARNING: 1 trajectories failed" in stderr.decode()
+    assert stderr.decode().splitlines()[-1] == (
+        "ERROR: 1 of 8 trajectories failed: SGLang could not generate them (first error: "
+        f"{failed_error(output)}; "
+        f"each failed record's 'error' in {output}); the table counts them as wrong."
+    )
 
     records = sorted((json.loads(line) for line in output.read_text().splitlines()), key=lambda r: r["index"])
     assert [(r["em"], r["f1"], r["cover_em"]) for r in records] == [case[4] for case in CASES]
@@ -161,14 +180,11 @@ async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_
     write_test_parquet(data, [("nq", "capital of france", ["Paris"])])
     prompt_ids = tokenizer(chat_prompt(tokenizer, "capital of france"), add_special_tokens=False)["input_ids"]
     async with FreshSamples(tokenizer, prompt_ids, [right, wrong, wrong]) as sglang:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "search_r1_slime.evaluate", "--data", str(data), "--hf-checkpoint", tokenizer_dir,
-            "--sglang-url", sglang.url(), "--skip-preflight", "--output", str(tmp_path / "eval.jsonl"), "--no-progress",
-            "--n-samples", "3", "--temperature", "0.7",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(), "--skip-preflight",
+            "--output", str(tmp_path / "eval.jsonl"), "--no-progress", "--n-samples", "3", "--temperature", "0.7",
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, stderr.decode()
+        assert code == 0, stderr.decode()
         assert sglang.script_done
         assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
 
@@ -202,7 +218,7 @@ def test_several_samples_need_a_temperature(tmp_path, capsys):
     assert "--n-samples > 1 needs --temperature > 0" in capsys.readouterr().err
 
 
-def test_refuses_to_start_when_the_retriever_is_down(tmp_path, capsys):
+def test_refuses_to_start_when_the_retriever_is_down(tokenizer_dir, tmp_path, capsys):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
@@ -212,7 +228,7 @@ def test_refuses_to_start_when_the_retriever_is_down(tmp_path, capsys):
     write_test_parquet(data)
     output = tmp_path / "out.jsonl"
 
-    code = evaluate.main(["--data", str(data), "--hf-checkpoint", str(tmp_path), "--config", str(config),
+    code = evaluate.main(["--data", str(data), "--hf-checkpoint", tokenizer_dir, "--config", str(config),
                           "--output", str(output)])
 
     assert code == 1
@@ -239,3 +255,84 @@ def test_table_lists_data_sets_outside_the_paper_after_its_seven():
 def test_no_paper_rows_when_no_data_set_of_the_paper_was_evaluated():
     scores = evaluate.scores_by_source([{"data_source": "strategyqa", "index": 0, "em": 1, "f1": 1.0, "cover_em": 1}])
     assert "Search-R1" not in evaluate.format_table(scores)
+
+
+async def test_sglang_down_is_one_line_before_any_trajectory(tokenizer_dir, tmp_path):
+    data = tmp_path / "test.parquet"
+    write_test_parquet(data)
+    output = tmp_path / "out.jsonl"
+    port = closed_port()
+    async with FakeRetriever({PROBE_QUERY: []}) as retriever:
+        config = tmp_path / "search.yaml"
+        config.write_text(f"search_r1:\n  local:\n    search_url: {retriever.search_url}\n")
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", f"http://127.0.0.1:{port}",
+            "--config", str(config), "--output", str(output), "--no-progress",
+        )
+
+    assert code == 1 and stdout == b""
+    [line] = stderr.decode().splitlines()
+    assert line.startswith(f"ERROR: SGLang at http://127.0.0.1:{port} is not answering (")
+    assert line.endswith("start it (python -m sglang.launch_server --model-path ... --port ...) or pass --sglang-url")
+    assert not output.exists()
+
+
+async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_exits_1(tokenizer, tokenizer_dir, tmp_path):
+    cases = [("nq", "who wrote hamlet", ["William Shakespeare"], [], (0, 0.0, 0))]
+    data = tmp_path / "test.parquet"
+    write_test_parquet(data, cases)
+    output = tmp_path / "out.jsonl"
+    async with FakeSGLangPerPrompt(tokenizer, {chat_prompt(tokenizer, "who wrote hamlet"): []}) as sglang:
+        next(iter(sglang.fakes.values())).failures.append(400)
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(data), "--hf-checkpoint", tokenizer_dir, "--sglang-url", sglang.url(), "--skip-preflight",
+            "--output", str(output), "--no-progress",
+        )
+
+    assert code == 1 and stdout == b""
+    assert stderr.decode().splitlines()[-1] == (
+        f"ERROR: 1 of 1 trajectories failed: SGLang could not generate them (first error: {failed_error(output)}; "
+        f"each failed record's 'error' in {output})"
+    )
+    assert not evaluate.summary_path(output).exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"--data": "{tmp}/missing.parquet"}, "ERROR: --data {tmp}/missing.parquet is not a file: build test.parquet with search-r1-prepare-data"),
+    ({"--data": "{tmp}"}, "ERROR: --data {tmp} is not a file: build test.parquet with search-r1-prepare-data"),
+    ({"--data": "{tmp}/search.yaml"}, "ERROR: --data {tmp}/search.yaml is not a readable parquet file: "),
+    ({"--hf-checkpoint": "{tmp}/no-model"}, "ERROR: cannot load the tokenizer of --hf-checkpoint {tmp}/no-model: "),
+    ({"--config": "{tmp}/missing.yaml"}, "ERROR: [Errno 2] No such file or directory: '{tmp}/missing.yaml'"),
+    ({"--config": "{tmp}/hyphen.yaml"}, "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1"),
+    ({"--config": "{tmp}/typo.yaml", "--skip-preflight": None}, "ERROR: unknown search_r1 setting(s): max_turn."),
+])
+def test_a_wrong_input_is_one_line_and_exit_1(tokenizer_dir, tmp_path, capsys, flags, message):
+    write_test_parquet(tmp_path / "test.parquet")
+    (tmp_path / "search.yaml").write_text("search_r1:\n  topk: 3\n")
+    (tmp_path / "hyphen.yaml").write_text("search-r1:\n  topk: 3\n")
+    (tmp_path / "typo.yaml").write_text("search_r1:\n  max_turn: 3\n")
+    argv = {"--data": str(tmp_path / "test.parquet"), "--hf-checkpoint": tokenizer_dir, "--config": str(tmp_path / "search.yaml"),
+            "--sglang-url": f"http://127.0.0.1:{closed_port()}", "--output": str(tmp_path / "out.jsonl")}
+    argv.update({flag: value if value is None else value.format(tmp=tmp_path) for flag, value in flags.items()})
+
+    code = evaluate.main([item for pair in argv.items() for item in pair if item is not None])
+
+    assert code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(message.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "0"], "--limit must be at least 1, got 0"),
+    (["--temperature", "-1"], "--temperature must be at least 0"),
+    (["--top-p", "0"], "--top-p above 0 and at most 1"),
+    (["--sglang-url", "http://127.0.0.1:99999"], "--sglang-url must look like http://HOST:PORT, got 'http://127.0.0.1:99999'"),
+    (["--sglang-url", "localhost"], "--sglang-url must look like http://HOST:PORT, got 'localhost'"),
+    (["--output", "{tmp}"], "--output {tmp} is a directory; name the JSONL file to write"),
+])
+def test_a_bad_flag_value_is_refused_by_the_command_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        evaluate.main(["--data", str(tmp_path / "x.parquet"), "--hf-checkpoint", str(tmp_path), *[f.format(tmp=tmp_path) for f in flags]])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err

@@ -63,6 +63,19 @@ class _Health(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:  # noqa: N802
+        """The preflight's test search: one empty result list per query."""
+        if self.path != "/retrieve":
+            self.send_error(404)
+            return
+        queries = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["queries"]
+        body = json.dumps({"result": [[] for _ in queries]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, *args) -> None:
         pass
 
@@ -111,7 +124,10 @@ def world(tmp_path: Path, http_server):
     tools.mkdir()
     for name in ("bash", "dirname", "mktemp", "rm", "setsid", "sleep"):
         (tools / name).symlink_to(shutil.which(name))
-    (tools / "python3").symlink_to(sys.executable)
+    # A wrapper, not a link: a Python started through a link outside its venv does not find the
+    # venv's pyvenv.cfg and runs without the venv's packages.
+    (tools / "python3").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    (tools / "python3").chmod(0o755)
     fake_bin = tmp_path / "fakebin"
     fake_bin.mkdir()
     (fake_bin / "ray").write_text(FAKE_RAY)
@@ -458,3 +474,54 @@ def test_a_key_written_in_the_yaml_is_refused_while_wandb_is_on(world, tmp_path)
     from_file = tmp_path / "from_file.yaml"
     from_file.write_text(Path(env["SEARCH_R1_CONFIG"]).read_text() + f"    api_key_file: {key_file}\n")
     assert "WARNING" not in run(env, script=script, DRY_RUN="1", SEARCH_R1_CONFIG=str(from_file)).stderr
+
+
+# With a checkpoint missing, a dry run warns and prints the command, a real one refuses to launch:
+# which one ran tells how DRY_RUN was read, and nothing starts either way.
+@pytest.mark.parametrize("value", ["1", "true", "True", "yes", "on", "ON"])
+def test_dry_run_takes_the_usual_spellings_of_yes(world, value):
+    tmp, env = world
+    result = run(env, DRY_RUN=value, REF_CKPT=str(tmp / "missing"))
+    assert result.returncode == 0, result.stderr
+    assert "DRY_RUN: would run:" in result.stdout and "WARNING: torch_dist checkpoint not found" in result.stderr
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", "OFF", ""])
+def test_dry_run_takes_the_usual_spellings_of_no(world, value):
+    tmp, env = world
+    result = run(env, DRY_RUN=value, REF_CKPT=str(tmp / "missing"))
+    assert result.returncode == 1
+    assert "Not launching" in result.stderr and "ERROR: torch_dist checkpoint not found" in result.stderr
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "y es"])
+def test_any_other_dry_run_value_is_one_error_and_starts_nothing(world, value):
+    _, env = world
+    result = run(env, DRY_RUN=value)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"ERROR: DRY_RUN={value} is not a yes/no value: use 1, true, yes or on for a dry run, "
+        "0, false, no or off (or unset) to launch."
+    ]
+    assert result.stdout == "" and ray_calls(env) == []
+
+
+def test_a_near_miss_of_the_search_r1_key_stops_the_launch(world, tmp_path):
+    _, env = world
+    config = tmp_path / "hyphen.yaml"
+    config.write_text(Path(env["SEARCH_R1_CONFIG"]).read_text().replace("search_r1:", "search-r1:"))
+    result = run(env, SEARCH_R1_CONFIG=str(config))
+    assert result.returncode == 1
+    assert "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1 (lower case, underscore)" in result.stderr.splitlines()
+    assert ray_calls(env) == []
+
+
+@pytest.mark.parametrize("name, value", [("NUM_GPUS", "eight"), ("EVAL_INTERVAL", "0"), ("RAY_DASHBOARD_PORT", "82a5"), ("RAY_START_TIMEOUT", "-5")])
+def test_a_number_setting_that_is_not_a_number_stops_the_launch(world, name, value):
+    _, env = world
+    result = run(env, **{name: value})
+    assert result.returncode == 1
+    assert f"ERROR: {name}={value} must be a whole number above 0." in result.stderr.splitlines()
+    assert ray_calls(env) == []

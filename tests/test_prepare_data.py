@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from search_r1_slime import prepare_data
+from tests.fakes.hub import run_without_hub
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -201,23 +202,50 @@ def test_downloads_only_the_named_datasets_when_no_local_copy_is_given(flashrag,
     assert len(rows_as_slime_reads_them(tmp_path / "out/train.parquet")) == 2
 
 
-def test_a_dataset_without_a_train_split_is_a_clear_error(flashrag, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"popqa has no train\.jsonl"):
-        prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
-                           "--train-sources", "nq,popqa"])
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_dataset_without_a_train_split_is_a_clear_error(flashrag, tmp_path, caplog):
+    assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
+                              "--train-sources", "nq,popqa"]) == 1
+    assert error_lines(caplog) == [f"error: {flashrag}/popqa has no train.jsonl: is 'popqa' a FlashRAG dataset name?"]
     assert not (tmp_path / "out/train.parquet").exists()
 
 
-def test_an_unknown_dataset_name_is_a_clear_error(flashrag, tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no test\.jsonl or dev\.jsonl or train\.jsonl: is 'nqq' a FlashRAG"):
-        prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
-                           "--train-sources", "", "--test-sources", "nq,nqq"])
+def test_an_unknown_dataset_name_is_a_clear_error(flashrag, tmp_path, caplog):
+    assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
+                              "--train-sources", "", "--test-sources", "nq,nqq"]) == 1
+    assert error_lines(caplog) == [
+        f"error: {flashrag}/nqq has no test.jsonl or dev.jsonl or train.jsonl: is 'nqq' a FlashRAG dataset name?"
+    ]
 
 
-def test_a_broken_record_names_its_file_and_line_and_leaves_no_output(flashrag, tmp_path):
+def test_a_broken_record_names_its_file_and_line_and_leaves_no_output(flashrag, tmp_path, caplog):
     with open(flashrag / "bamboogle/test.jsonl", "a", encoding="utf-8") as f:
         f.write('{"id": "x", "question": "", "golden_answers": []}\n')
-    with pytest.raises(ValueError, match=r"bamboogle/test\.jsonl:3: a FlashRAG record needs a non-empty 'question'"):
-        prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
-                           "--train-sources", ""])
+    assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
+                              "--train-sources", ""]) == 1
+    assert error_lines(caplog) == [f"error: {flashrag}/bamboogle/test.jsonl:3: a FlashRAG record needs a non-empty 'question'"]
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
+    result = run_without_hub("search_r1_slime.prepare_data", "--local-dir", str(tmp_path / "out"), "--no-progress", home=tmp_path / "hf")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: cannot download RUC-NLPIR/FlashRAG_datasets from the Hugging Face hub (")
+    assert line.endswith("without Hub access, copy the data set repository RUC-NLPIR/FlashRAG_datasets "
+                         "(one folder per data set) onto this machine and pass --flashrag-dir DIR")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--flashrag-dir", "{tmp}/nowhere"], "--flashrag-dir {tmp}/nowhere is not a directory"),
+    (["--train-sources", "", "--test-sources", ""], "--train-sources and --test-sources are both empty: nothing to write"),
+])
+def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_:
+        prepare_data.main(["--local-dir", str(tmp_path / "out"), *[f.format(tmp=tmp_path) for f in flags]])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message.format(tmp=tmp_path)}")
