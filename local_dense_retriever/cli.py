@@ -1,5 +1,6 @@
-"""What the command lines of the retrieval stack share: --help with every default, one-line errors,
-checks of the paths they are given."""
+"""What every command line of ours shares, the retrieval stack's and search_r1_slime's: --help with
+every default, one-line errors, checks of the paths they are given. Standard library only, so the
+plugin's commands import it without the retrieval stack's dependencies."""
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import uvicorn
 
+from local_dense_retriever.cli import ArgumentParser
 from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import ServerConfig
@@ -114,12 +115,12 @@ def _int_in(low: int, high: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
-    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask (default: %(default)s)")
-    p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100 (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="interface the server binds (default: %(default)s)")
-    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port the server binds, 0 for any free one (default: %(default)s)")
-    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached (default: %(default)s)")
+    p = ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
+    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask")
+    p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100")
+    p.add_argument("--host", default="127.0.0.1", help="interface the server binds")
+    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port the server binds, 0 for any free one")
+    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached")
     p.add_argument("--serve", action="store_true", help="keep serving after the sample query")
     return p
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        p.error(f"--data_dir {args.data_dir} is a file, not a directory")
+        p.refuse(f"--data_dir {args.data_dir} is a file, not a directory")
     setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the hub
     config = prepare(args.data_dir)
