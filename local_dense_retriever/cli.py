@@ -20,7 +20,8 @@ class HelpFormatter(argparse.HelpFormatter):
             any(told in help_text for told in ("default:", "(default ", "%(default)"))
             or not action.option_strings
             or action.required
-            or action.default in (None, False, argparse.SUPPRESS)
+            # By identity: a default of 0 or 0.0 equals False, yet is a default to show.
+            or action.default is None or action.default is False or action.default is argparse.SUPPRESS
             or action.nargs == 0  # a switch: its help says what turning it on does
         ):
             return help_text

@@ -65,7 +65,7 @@ def test_every_option_says_what_it_does_and_its_default(name):
         if isinstance(action, argparse._HelpAction) or action.default is argparse.SUPPRESS:
             continue
         assert action.help, f"{name} {action.option_strings} has no help"
-        meaningful_default = action.default not in (None, False) and not action.required
+        meaningful_default = action.default is not None and action.default is not False and not action.required
         if meaningful_default:
             shown = parser._get_formatter()._expand_help(action)  # the option's help as --help prints it
             assert f"default: {action.default}" in shown, f"{name} {action.option_strings} does not show its default {action.default!r}"
