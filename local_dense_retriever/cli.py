@@ -1,5 +1,6 @@
-"""What the command lines of the retrieval stack share: --help with every default, one-line errors,
-checks of the paths they are given."""
+"""What every command line of ours shares, the retrieval stack's and search_r1_slime's: --help with
+every default, one-line errors, checks of the paths they are given. Standard library only, so the
+plugin's commands import it without the retrieval stack's dependencies."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class HelpFormatter(argparse.HelpFormatter):
             any(told in help_text for told in ("default:", "(default ", "%(default)"))
             or not action.option_strings
             or action.required
-            or action.default in (None, False, argparse.SUPPRESS)
+            # By identity: a default of 0 or 0.0 equals False, yet is a default to show.
+            or action.default is None or action.default is False or action.default is argparse.SUPPRESS
             or action.nargs == 0  # a switch: its help says what turning it on does
         ):
             return help_text

@@ -29,6 +29,7 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
+from local_dense_retriever.cli import ArgumentParser
 from local_dense_retriever.logs import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -228,18 +229,18 @@ def download_corpus(source: Source, repo_id: str, filename: str, save_path: Path
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m local_dense_retriever.download",
         description="Download the wiki-18 E5 index and corpus from the Hugging Face hub (or copy them from --from_dir).",
     )
     p.add_argument("--save_path", required=True, help="directory for e5_Flat.index and wiki-18.jsonl")
     p.add_argument("--index", choices=list(PREBUILT), default="flat",
-                   help="which prebuilt index: flat (exact, e5_Flat.index) or hnsw64 (Search-R1's e5_HNSW64.index) (default: %(default)s)")
+                   help="which prebuilt index: flat (exact, e5_Flat.index) or hnsw64 (Search-R1's e5_HNSW64.index)")
     p.add_argument("--repo_id", default=None, help="dataset repo holding the index parts (default: --index's)")
     p.add_argument("--index_parts", nargs="+", default=None, help="part files, joined in this order (default: --index's)")
     p.add_argument("--index_name", default=None, help="name of the joined index file (default: --index's)")
-    p.add_argument("--corpus_repo_id", default=CORPUS_REPO, help="dataset repo holding the corpus (default: %(default)s)")
-    p.add_argument("--corpus_file", default=CORPUS_FILE, help="corpus file in that repo, unpacked if .gz (default: %(default)s)")
+    p.add_argument("--corpus_repo_id", default=CORPUS_REPO, help="dataset repo holding the corpus")
+    p.add_argument("--corpus_file", default=CORPUS_FILE, help="corpus file in that repo, unpacked if .gz")
     p.add_argument("--skip_index", action="store_true", help="do not download the index")
     p.add_argument("--skip_corpus", action="store_true", help="do not download the corpus")
     p.add_argument("--keep_downloads", action="store_true", help="keep the parts and the .gz after joining/unpacking")
@@ -254,14 +255,14 @@ def main(argv: list[str] | None = None, *, source: Source | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     if args.skip_index and args.skip_corpus:
-        parser.error("--skip_index and --skip_corpus together leave nothing to do")
+        parser.refuse("--skip_index and --skip_corpus together leave nothing to do")
     if args.from_dir is not None and not args.from_dir.is_dir():
-        parser.error(f"--from_dir {args.from_dir} is not a directory")
+        parser.refuse(f"--from_dir {args.from_dir} is not a directory")
     save_path = Path(args.save_path)
     try:
         save_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        parser.error(f"cannot create the directory --save_path {save_path}: {exc.strerror}")
+        parser.refuse(f"cannot create the directory --save_path {save_path}: {exc.strerror}")
     show = not args.no_progress
     if not show:
         from huggingface_hub.utils import disable_progress_bars

@@ -23,6 +23,23 @@ from local_dense_retriever.server_config import RETRY_AFTER_S, ServerConfig
 
 logger = logging.getLogger(__name__)
 
+# The subclass below extends these methods of uvicorn's httptools protocol, an internal class that
+# uvicorn may change in any release. The retrieval server's tests pass with uvicorn 0.29.0
+# (pyproject's minimum) and 0.54.0; a release without one of them fails here, at import, rather
+# than serving without the bounds. (A change of their behaviour only the tests can catch.)
+EXTENDED = ("connection_made", "connection_lost", "data_received", "on_header", "on_headers_complete",
+            "on_message_complete", "send_400_response")
+
+
+def check_protocol(protocol: type, version: str) -> None:
+    missing = [name for name in EXTENDED if not callable(getattr(protocol, name, None))]
+    if missing:
+        raise ImportError(f"uvicorn {version}'s httptools protocol has no {', '.join(missing)}, which the "
+                          "retrieval server's request-head bounds extend; install a uvicorn from 0.29 to 0.54")
+
+
+check_protocol(HttpToolsProtocol, uvicorn.__version__)
+
 
 class _TooManyHeaders(Exception):
     """Raised from a parser callback: it stops httptools, whose error uvicorn turns into a refusal."""

@@ -15,12 +15,15 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 from pathlib import Path
 
 import uvicorn
 
+from local_dense_retriever.cli import ArgumentParser
 from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
+from local_dense_retriever.retrieval_server import listen, port_number
 from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -62,20 +65,13 @@ def prepare(data_dir: str | os.PathLike, *, corpus_path: Path = DEMO_CORPUS, sho
     return config
 
 
-async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: int, serve: bool) -> int:
+async def run(config: ServerConfig, sock: socket.socket, *, host: str, query: str, topk: int, serve: bool) -> int:
+    """Serve on ``sock`` (bound to ``host``, see ``listen``) and ask ``query``."""
     from generate_with_search import passages_to_string
     from local_dense_retriever.app import create_app
     from local_search_server import local_search
     from search_r1_slime.http_client import close_shared_session
 
-    from local_dense_retriever.retrieval_server import listen
-
-    # The socket is bound here, so a busy port is a one-line message rather than uvicorn's exit.
-    try:
-        sock = listen(host, port)
-    except ValueError as exc:
-        print(exc)
-        return 1
     app = create_app(config)
     server = uvicorn.Server(uvicorn_config(app, config, log_level="warning"))
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -114,12 +110,12 @@ def _int_in(low: int, high: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
-    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask (default: %(default)s)")
-    p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100 (default: %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="interface the server binds (default: %(default)s)")
-    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port the server binds, 0 for any free one (default: %(default)s)")
-    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached (default: %(default)s)")
+    p = ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
+    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask")
+    p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100")
+    p.add_argument("--host", default="127.0.0.1", help="interface the server binds")
+    p.add_argument("--port", type=port_number, default=8000, help="port the server binds, 0 for any free one")
+    p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached")
     p.add_argument("--serve", action="store_true", help="keep serving after the sample query")
     return p
 
@@ -128,12 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        p.error(f"--data_dir {args.data_dir} is a file, not a directory")
+        p.refuse(f"--data_dir {args.data_dir} is a file, not a directory")
+    try:  # bound before the index is built: a busy port is one line at once, not after the build
+        sock = listen(args.host, args.port)
+    except ValueError as exc:
+        p.refuse(str(exc))
     setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local: never wait on the hub
     config = prepare(args.data_dir)
     try:
-        return asyncio.run(run(config, host=args.host, port=args.port, query=args.query, topk=args.topk, serve=args.serve))
+        return asyncio.run(run(config, sock, host=args.host, query=args.query, topk=args.topk, serve=args.serve))
     except KeyboardInterrupt:  # Ctrl-C under --serve: uvicorn has shut down cleanly and re-raised it
         return 0
 

@@ -45,6 +45,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from local_dense_retriever.cli import ArgumentParser
+
 logger = logging.getLogger(__name__)
 
 # Search-R1's results table: data_source -> column title, in the paper's order.
@@ -321,17 +323,17 @@ def _one_line(text: str | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="test.parquet from search-r1-prepare-data")
     parser.add_argument("--hf-checkpoint", required=True, help="the served model's HF folder (its tokenizer is used)")
-    parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address (default: %(default)s)")
+    parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address")
     parser.add_argument("--config", type=Path, help="YAML with a search_r1: mapping, as given to slime's --custom-config-path (default: the plugin's defaults)")
-    parser.add_argument("--output", type=Path, default=Path("eval_trajectories.jsonl"), help="JSONL of every trajectory; the summary goes next to it (default: %(default)s)")
-    parser.add_argument("--max-response-len", type=int, default=512, help="token budget of a whole response, as --rollout-max-response-len (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy, as in the paper (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: %(default)s)")
-    parser.add_argument("--n-samples", type=int, default=1, help="samples per question, for mean@K and pass@K; above 1 needs --temperature > 0 (default: %(default)s)")
-    parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=Path("eval_trajectories.jsonl"), help="JSONL of every trajectory; the summary goes next to it")
+    parser.add_argument("--max-response-len", type=int, default=512, help="token budget of a whole response, as --rollout-max-response-len")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy, as in the paper")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
+    parser.add_argument("--n-samples", type=int, default=1, help="samples per question, for mean@K and pass@K; above 1 needs --temperature > 0")
+    parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -343,19 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     cli = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if cli.max_concurrency < 1 or cli.max_response_len < 1 or cli.n_samples < 1:
-        parser.error("--max-concurrency, --max-response-len and --n-samples must be at least 1")
+        parser.refuse("--max-concurrency, --max-response-len and --n-samples must be at least 1")
     if cli.limit is not None and cli.limit < 1:
-        parser.error(f"--limit must be at least 1, got {cli.limit}")
+        parser.refuse(f"--limit must be at least 1, got {cli.limit}")
     if cli.temperature < 0 or not 0 < cli.top_p <= 1:
-        parser.error("--temperature must be at least 0 and --top-p above 0 and at most 1")
+        parser.refuse("--temperature must be at least 0 and --top-p above 0 and at most 1")
     if cli.n_samples > 1 and cli.temperature == 0:
-        parser.error("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
+        parser.refuse("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
     if cli.output.is_dir():
-        parser.error(f"--output {cli.output} is a directory; name the JSONL file to write")
+        parser.refuse(f"--output {cli.output} is a directory; name the JSONL file to write")
     try:
         host, port = _sglang_address(cli.sglang_url)
     except ValueError as exc:
-        parser.error(str(exc))
+        parser.refuse(str(exc))
 
     from generate_with_search import load_tokenizer, resolve_config
     from search_r1_slime.preflight import load_search_overrides, search_problems

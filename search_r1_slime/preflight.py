@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from local_dense_retriever.cli import ArgumentParser
 from search_r1_slime.settings import (
     RETRIEVAL_API_KEY_ENV, SECTION, SERPER_API_KEY_ENV, ConfigError, check_section_name, resolve_secret,
 )
@@ -164,13 +165,13 @@ def _positive(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", help="slime --custom-config-path YAML with a search_r1: mapping (default: the plugin's defaults)"
     )
     parser.add_argument(
         "--timeout", type=_positive, default=5.0,
-        help="seconds to wait for each /health and each test search (default: %(default)s)",
+        help="seconds to wait for each /health and each test search",
     )
     parser.add_argument(
         "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb): refuse keys written in the YAML"

@@ -39,6 +39,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from local_dense_retriever.cli import ArgumentParser
+
 logger = logging.getLogger(__name__)
 
 FLASHRAG_REPO = "RUC-NLPIR/FlashRAG_datasets"
@@ -178,7 +180,7 @@ def _source_list(value: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--local-dir", "--local_dir", required=True, type=Path, help="where the parquet files go")
     parser.add_argument(
         "--train-sources", "--data_sources", default=",".join(TRAIN_SOURCES), type=_source_list,
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write test_<dataset>.parquet for each test dataset (for per-dataset evaluation during training)",
     )
     parser.add_argument("--flashrag-dir", type=Path, help="a local copy of FlashRAG_datasets, for machines without Hub access (default: download from the Hub)")
-    parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from (default: %(default)s)")
+    parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin the data to (default: the newest)")
     parser.add_argument("--no-progress", action="store_true", help="hide the download's progress bars")
     return parser
@@ -204,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.train_sources and not args.test_sources:
-        parser.error("--train-sources and --test-sources are both empty: nothing to write")
+        parser.refuse("--train-sources and --test-sources are both empty: nothing to write")
     if args.flashrag_dir is not None and not args.flashrag_dir.is_dir():
-        parser.error(f"--flashrag-dir {args.flashrag_dir} is not a directory")
+        parser.refuse(f"--flashrag-dir {args.flashrag_dir} is not a directory")
     if args.no_progress:
         from huggingface_hub.utils import disable_progress_bars
 

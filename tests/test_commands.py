@@ -65,6 +65,18 @@ def test_every_option_says_what_it_does_and_its_default(name):
         if isinstance(action, argparse._HelpAction) or action.default is argparse.SUPPRESS:
             continue
         assert action.help, f"{name} {action.option_strings} has no help"
-        meaningful_default = action.default not in (None, False) and not action.required
+        meaningful_default = action.default is not None and action.default is not False and not action.required
         if meaningful_default:
-            assert "%(default)s" in action.help, f"{name} {action.option_strings} does not show its default {action.default!r}"
+            shown = parser._get_formatter()._expand_help(action)  # the option's help as --help prints it
+            assert f"default: {action.default}" in shown, f"{name} {action.option_strings} does not show its default {action.default!r}"
+
+
+@pytest.mark.parametrize("name", PARSERS)
+def test_a_wrong_flag_is_one_line(name, capsys):
+    """argparse's own errors print the whole usage first; ours are the error alone."""
+    parser = PARSERS[name]()
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args(["--no-such-flag"])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{parser.prog}: error: ") and line.endswith(" (see --help)")

@@ -248,4 +248,5 @@ def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, mess
     with pytest.raises(SystemExit) as exit_:
         prepare_data.main(["--local-dir", str(tmp_path / "out"), *[f.format(tmp=tmp_path) for f in flags]])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message.format(tmp=tmp_path)}")
+    (line,) = capsys.readouterr().err.splitlines()  # the error alone, no usage before it
+    assert line.endswith(f"error: {message.format(tmp=tmp_path)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from dataclasses import replace
 
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from local_dense_retriever.app import create_app
+from local_dense_retriever.retrieval_server import listen
 from local_dense_retriever.retriever import load_retriever
 from search_r1_slime import demo
 
@@ -78,8 +80,26 @@ def test_a_question_about_a_fact_brings_its_passage_first(client, question, titl
 
 
 async def test_the_demo_answers_through_the_rollouts_client(config, capsys):
-    assert await demo.run(config, host="127.0.0.1", port=0, query="Who painted The Starry Night?", topk=2, serve=False) == 0
+    sock = listen("127.0.0.1", 0)
+    assert await demo.run(config, sock, host="127.0.0.1", query="Who painted The Starry Night?", topk=2, serve=False) == 0
     out = capsys.readouterr().out
     # The passages exactly as the model reads them: Search-R1 keeps the corpus's quoted title.
     assert out.startswith('Q: Who painted The Starry Night?\nDoc 1(Title: "Vincent van Gogh") Vincent van Gogh (1853–1890)')
     assert '\nDoc 2(Title: "' in out and "Doc 3" not in out
+
+
+def test_a_busy_port_is_refused_in_one_line_before_the_index_is_built(tmp_path, capsys, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the index was built before the port was checked")
+
+    monkeypatch.setattr(demo, "prepare", forbidden)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as stop:
+            demo.main(["--port", str(port), "--data_dir", str(tmp_path / "demo")])
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.endswith(f": error: cannot listen on 127.0.0.1:{port} (Address already in use); is another server "
+                         "running there? pass another --port")

@@ -26,7 +26,10 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from local_dense_retriever import http_limits
 from local_dense_retriever.api import NEAR_MISS_PATTERN
 from local_dense_retriever.app import create_app
 from local_dense_retriever.retrieval_server import build_parser, config_from_args
@@ -439,3 +442,11 @@ def test_the_server_keeps_every_promise_of_its_openapi_document(case):
     # All of schemathesis' checks (no 5xx, documented statuses and bodies, valid data accepted,
     # invalid data refused, auth not ignored...) on generated requests, valid and invalid.
     case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def test_a_uvicorn_whose_protocol_lost_a_method_the_bounds_extend_is_refused():
+    """The bounds extend an internal uvicorn class: a release that changed it fails at import, not silently."""
+    changed = type("Protocol", (), {name: lambda self: None for name in http_limits.EXTENDED if name != "send_400_response"})
+    with pytest.raises(ImportError, match=r"^uvicorn 9\.9's httptools protocol has no send_400_response, .*0\.29 to 0\.54$"):
+        http_limits.check_protocol(changed, "9.9")
+    http_limits.check_protocol(HttpToolsProtocol, uvicorn.__version__)  # the installed one passes
