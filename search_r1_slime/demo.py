@@ -21,6 +21,7 @@ import uvicorn
 
 from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
+from local_dense_retriever.retrieval_server import listen, port_number
 from local_dense_retriever.server_config import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ async def run(config: ServerConfig, *, host: str, port: int, query: str, topk: i
     from local_dense_retriever.app import create_app
     from local_search_server import local_search
     from search_r1_slime.http_client import close_shared_session
-
-    from local_dense_retriever.retrieval_server import listen
 
     # The socket is bound here, so a busy port is a one-line message rather than uvicorn's exit.
     try:
@@ -118,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask (default: %(default)s)")
     p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100 (default: %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="interface the server binds (default: %(default)s)")
-    p.add_argument("--port", type=_int_in(0, 65535), default=8000, help="port the server binds, 0 for any free one (default: %(default)s)")
+    p.add_argument("--port", type=port_number, default=8000, help="port the server binds, 0 for any free one (default: %(default)s)")
     p.add_argument("--data_dir", default="demo_data", help="where the index is built and cached (default: %(default)s)")
     p.add_argument("--serve", action="store_true", help="keep serving after the sample query")
     return p
