@@ -52,8 +52,9 @@ class PerLoop(Generic[T]):
     ``close``: what ends an object's resources (sessions, threads). It is awaited on the loop's
     object when the loop shuts down, as ``asyncio.run`` does at its end (through
     ``loop.shutdown_asyncgens()``, like ``asyncio.Runner``): a loop that ends, such as the one
-    slime's fully async worker runs in its thread, leaves no open connection or thread behind. An
-    object taken out with ``pop`` is the caller's to close.
+    slime's fully async worker runs in its thread, leaves no open connection or thread behind (a
+    loop closed by hand without ``shutdown_asyncgens`` still does). An object taken out with ``pop``
+    is the caller's to close.
     """
 
     def __init__(self, factory: Callable[[], T], close: Callable[[T], Awaitable[None]] | None = None):
