@@ -46,13 +46,21 @@ logger = logging.getLogger(__name__)
 # chardet is pure Python (it runs in the parsing thread); a prefix is plenty to tell encodings apart.
 _DETECT_BYTES = 64 * 1024
 _MAX_REDIRECTS = 5
+
+
+async def _stop_parser(executor: concurrent.futures.Executor) -> None:
+    executor.shutdown(wait=False)  # its thread ends once a page being parsed is done
+
+
 # One thread per event loop parses its pages in turn. Parsing is pure Python, so more threads
 # would not parse faster (the GIL), only take the GIL from the event loop more often: reading five
 # ~780 KB pages at once stalled the loop 190-460 ms with a thread per page, 40-120 ms with one
 # thread, 730-830 ms parsing on the loop (bench/page_parsing.py, 7 runs on a busy 2-core machine).
-# Made per loop, like every asyncio companion here, so that none outlives its loop or a fork.
+# Made per loop, like every asyncio companion here, so that none outlives its loop or a fork
+# (stopped when its loop shuts down).
 _PARSERS: PerLoop[concurrent.futures.Executor] = PerLoop(
-    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser")
+    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser"),
+    close=_stop_parser,
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"

@@ -2,10 +2,11 @@
 
 * ``PerLoop``: one object per running event loop. slime keeps one long-lived loop while scripts
   and tests make a loop each, and asyncio objects (sessions, futures, locks) must never cross
-  loops; every per-loop registry of the plugin is one of these.
+  loops; every per-loop registry of the plugin is one of these. What holds resources is closed
+  when its loop shuts down.
 * ``shared_session()``: one aiohttp session per event loop. slime runs all rollouts of a step in
   one loop, so hundreds of trajectories reuse one connection pool instead of opening a session
-  (and a TCP handshake) per search, as upstream did.
+  (and a TCP handshake) per search, as upstream did. It is closed when its loop shuts down.
 * ``request_json()``: the one retry loop. It retries only what a retry can fix (by default
   connection errors, timeouts, 429 and 5xx) with capped, jittered exponential backoff, honours
   ``Retry-After``, and is bounded by the policy's deadline (an attempt count is optional). Given
@@ -30,7 +31,7 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -46,22 +47,57 @@ _BODY_EXCERPT_CHARS = 200
 
 
 class PerLoop(Generic[T]):
-    """One ``factory()`` object per running event loop, dropped with its loop."""
+    """One ``factory()`` object per running event loop, dropped with its loop.
 
-    def __init__(self, factory: Callable[[], T]):
+    ``close``: what ends an object's resources (sessions, threads). It is awaited on the loop's
+    object when the loop shuts down, as ``asyncio.run`` does at its end (through
+    ``loop.shutdown_asyncgens()``, like ``asyncio.Runner``): a loop that ends, such as the one
+    slime's fully async worker runs in its thread, leaves no open connection or thread behind (a
+    loop closed by hand without ``shutdown_asyncgens`` still does). An object taken out with ``pop``
+    is the caller's to close.
+    """
+
+    def __init__(self, factory: Callable[[], T], close: Callable[[T], Awaitable[None]] | None = None):
         self._factory = factory
-        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] = weakref.WeakKeyDictionary()
+        self._close = close
+        # loop -> (its object, the async generator whose finalisation at the loop's shutdown closes it)
+        self._items: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[T, Any]] = weakref.WeakKeyDictionary()
 
     def get(self) -> T:
         loop = asyncio.get_running_loop()
-        item = self._items.get(loop)
-        if item is None:
-            item = self._items[loop] = self._factory()
-        return item
+        entry = self._items.get(loop)
+        if entry is None:
+            item = self._factory()
+            closer = None if self._close is None else _started(self._close_at_shutdown(loop, item, self._close))
+            entry = self._items[loop] = (item, closer)
+        return entry[0]
 
     def pop(self) -> T | None:
         """Forget the running loop's object (the next ``get`` makes a new one); return it."""
-        return self._items.pop(asyncio.get_running_loop(), None)
+        entry = self._items.pop(asyncio.get_running_loop(), None)
+        return None if entry is None else entry[0]
+
+    async def _close_at_shutdown(
+        self, loop: asyncio.AbstractEventLoop, item: T, close: Callable[[T], Awaitable[None]]
+    ) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            # Only while it is still the loop's object: one taken out by pop is its taker's.
+            entry = self._items.get(loop)
+            if entry is not None and entry[0] is item:
+                del self._items[loop]
+                await close(item)
+
+
+def _started(generator: AsyncIterator[None]) -> AsyncIterator[None]:
+    """``generator`` run up to its first ``yield``, at once. Its first step registers it with the
+    running loop, which finalises it (runs its ``finally``) when it shuts down."""
+    try:
+        generator.asend(None).send(None)
+    except StopIteration:
+        pass  # it reached the yield
+    return generator
 
 
 def _new_session(public_only: bool) -> aiohttp.ClientSession:
@@ -71,8 +107,13 @@ def _new_session(public_only: bool) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, resolver=resolver), trust_env=False)
 
 
+async def _close_sessions(sessions: dict[bool, aiohttp.ClientSession]) -> None:
+    for session in sessions.values():
+        await session.close()
+
+
 # Per event loop: public_only -> its session.
-_SESSIONS: PerLoop[dict[bool, aiohttp.ClientSession]] = PerLoop(dict)
+_SESSIONS: PerLoop[dict[bool, aiohttp.ClientSession]] = PerLoop(dict, close=_close_sessions)
 
 
 def shared_session(public_only: bool = False) -> aiohttp.ClientSession:
@@ -89,9 +130,8 @@ def shared_session(public_only: bool = False) -> aiohttp.ClientSession:
 
 
 async def close_shared_session() -> None:
-    """Close the running loop's sessions (scripts and tests call this before their loop ends)."""
-    for session in (_SESSIONS.pop() or {}).values():
-        await session.close()
+    """Close the running loop's sessions now (they are closed anyway when the loop shuts down)."""
+    await _close_sessions(_SESSIONS.pop() or {})
 
 
 def proxy_kwargs(proxy: str | None) -> dict[str, Any]:
@@ -181,8 +221,6 @@ def scrub(text: str, secrets: Collection[str]) -> str:
             for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])):
                 text = text.replace(form, "<redacted>")
     return text
-
-
 
 
 class _Circuit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 import pytest
@@ -259,6 +260,21 @@ async def test_pages_are_decoded_and_parsed_off_the_event_loop(monkeypatch):
     async with PageServer({"/p": page}) as site:
         assert await serve_one_result(site.url("/p"), MARKER, **LOOPBACK_PAGES) == [contents("T", f"{ZH} {MARKER}.")]
     assert on_loop == [False, False]
+
+
+def test_the_page_parsing_thread_ends_with_its_event_loop():
+    """A loop that ends (asyncio.run, as in slime's fully async worker thread) leaves no parsing thread behind."""
+
+    async def read_a_page_then_end():
+        page = html_page("t", [f"{ZH} {MARKER}."], "utf-8")
+        async with PageServer({"/p": page}) as site:
+            assert await serve_one_result(site.url("/p"), MARKER, **LOOPBACK_PAGES) == [contents("T", f"{ZH} {MARKER}.")]
+        return [thread for thread in threading.enumerate() if thread.name.startswith("page-parser")]
+
+    before = set(threading.enumerate())
+    (parser,) = [thread for thread in asyncio.run(read_a_page_then_end()) if thread not in before]
+    parser.join(timeout=30)  # it has been told to stop: it ends at once (without the fix it never does)
+    assert not parser.is_alive()
 
 
 @pytest.mark.parametrize(

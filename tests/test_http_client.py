@@ -146,6 +146,37 @@ async def test_one_session_per_event_loop(cleanup):
     assert shared_session() is not first
 
 
+def test_a_loop_that_ends_closes_its_sessions_and_their_connections():
+    """What slime's fully async worker does: asyncio.run in a thread of its own, which ends. The
+    loop's sessions (the kept-alive connection in them included) end with it, not at exit with
+    aiohttp's "Unclosed client session" warning."""
+
+    async def search_then_end():
+        async def ok(request):
+            return web.json_response({"ok": True})
+
+        url, server = await serve(ok)
+        try:
+            assert await request_json("GET", url, policy=FAST) == {"ok": True}
+            return shared_session(), shared_session(public_only=True)
+        finally:
+            await server.__aexit__(None, None, None)
+
+    sessions = asyncio.run(search_then_end())
+    assert [session.closed for session in sessions] == [True, True]
+
+
+def test_a_session_closed_before_its_loop_ends_is_replaced_and_the_new_one_closed_with_the_loop():
+    async def close_early():
+        first = shared_session()
+        await close_shared_session()
+        return first, shared_session()
+
+    first, second = asyncio.run(close_early())
+    assert first is not second
+    assert [first.closed, second.closed] == [True, True]
+
+
 def test_policy_rejects_nonsense():
     with pytest.raises(ValueError, match="max_attempts must be at least 1"):
         RetryPolicy(max_attempts=0)
