@@ -23,7 +23,7 @@ resumed turn is parsed from the whole turn's text; if the abort landed on the to
 the action, that action runs without a new generation. One limit, inherited from SGLang: a stop string
 split exactly across the abort point is not seen by the engine, which then writes on past it.
 
-slime's rollout modes (README "slime's rollout modes"): with ``--router-policy consistent_hashing``
+slime's rollout modes (docs/rollout-modes.md): with ``--router-policy consistent_hashing``
 every turn carries ``X-SMG-Routing-Key: <sample.session_id>``; with ``--use-rollout-routing-replay``
 every turn asks for the routed experts, kept at one row per token but the last; observations are
 appended as non-trainable tokens, so top-p replay gives them empty spans; ``evaluation=True``
@@ -53,7 +53,7 @@ from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, chec
 logger = logging.getLogger(__name__)
 
 # Every key, its type, range and default is declared once, in search_r1_slime.settings
-# (README "Configuration" explains each). Edit this dict or override it per run (see above).
+# (docs/configuration.md explains each). Edit this dict or override it per run (see above).
 SEARCH_R1_CONFIGS: dict[str, Any] = DEFAULTS.model_dump()
 
 INVALID_ACTION_MESSAGE = (

@@ -219,7 +219,7 @@ CUSTOM_ARGS=(
 
    # TIS: uncomment both lines (and --use-tis above). slime reads ONE --custom-config-path: if
    # you also use SEARCH_R1_CONFIG, leave the first line commented and put mis.yaml's keys into
-   # your SEARCH_R1_CONFIG file instead (README, "TIS").
+   # your SEARCH_R1_CONFIG file instead (docs/tis.md).
    # --custom-config-path "${SLIME_DIR}/examples/train_infer_mismatch_helper/mis.yaml"
    # --custom-tis-function-path examples.train_infer_mismatch_helper.mis.compute_mis_weights_with_cp
 )
@@ -275,7 +275,7 @@ if ! command -v ray >/dev/null 2>&1; then
 fi
 
 if ((config_paths > 1)); then
-   problem "--custom-config-path is given ${config_paths} times but slime keeps only the last one: merge the YAML files into one (README, 'TIS') and pass it once."
+   problem "--custom-config-path is given ${config_paths} times but slime keeps only the last one: merge the YAML files into one (docs/tis.md) and pass it once."
 fi
 
 # The environment of every Ray worker: this folder (the plugin), slime (for examples.* hooks such

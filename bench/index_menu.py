@@ -16,7 +16,7 @@ build (conversion) time. GB per million passages and at wiki-18's 21M are the pe
 multiplied out; e5-base's vectors have 768 dimensions, twice MiniLM's, so its codes take twice as
 many bytes (the HNSW graph does not grow with the dimension).
 
-Targets, for the types the README recommends: SQfp16 recall@3 >= 0.999 (flat's results); SQ8
+Targets, for the types docs/retrieval-server.md recommends: SQfp16 recall@3 >= 0.999 (flat's results); SQ8
 recall@3 >= 0.99 in at most 30% of flat's bytes; every request through the server answered.
 """
 

@@ -85,8 +85,8 @@ def _health_problem(search_url: str, timeout_s: float) -> str | None:
     except OSError as exc:
         reason = getattr(exc, "reason", exc)
         return (
-            f"retrieval server {url} is not answering ({reason}); start it first (README, 'Retrieval "
-            "server') or point search_r1.local.search_url in your --custom-config-path YAML at a running one"
+            f"retrieval server {url} is not answering ({reason}); start it first "
+            "(docs/retrieval-server.md) or point search_r1.local.search_url in your --custom-config-path YAML at a running one"
         )
 
 

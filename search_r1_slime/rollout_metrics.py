@@ -8,9 +8,8 @@ slime's sink (W&B, TensorBoard) at slime's step for that rollout and return Fals
 ``rollout/*``, ``perf/*`` and ``eval/*`` metrics are still logged as usual.
 
 The numbers come from ``sample.metadata["search_r1"]``, which ``generate_with_search.generate``
-fills for every trajectory; samples without it (another generate function) are skipped. The
-README's "Metrics" section defines each metric, and docs/metrics.md gives its formula and the
-source it follows. slime is imported only inside the hooks, and its logging sink is looked up
+fills for every trajectory; samples without it (another generate function) are skipped.
+docs/metrics.md defines each metric and gives its formula and the source it follows. slime is imported only inside the hooks, and its logging sink is looked up
 where each slime generation keeps it.
 """
 

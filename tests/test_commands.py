@@ -1,5 +1,6 @@
-"""Every command the README tells a user to run explains itself: ``--help`` exits 0 with a
-description, and every option says what it does and, when it has one, its default."""
+"""Every command the documentation (README.md and docs/) tells a user to run explains itself:
+``--help`` exits 0 with a description, and every option says what it does and, when it has one,
+its default."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ import pytest
 
 from local_dense_retriever import download
 from search_r1_slime import demo, evaluate, preflight, prepare_data
+from tests import documentation
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def readme_commands() -> list[str]:
     """``python -m X`` of this repository's modules and the ``search-r1-*`` console scripts,
-    wherever README.md mentions them."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    wherever the English documentation mentions them."""
+    text = documentation.text("en")
     modules = {m for m in re.findall(r"python3? -m ([A-Za-z_][\w.]*)", text) if (REPO / m.split(".")[0]).exists()}
     # The distribution's own name (in paths such as its cache folder) is not a command.
     distribution = re.search(r'^name = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)

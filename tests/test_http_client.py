@@ -249,7 +249,7 @@ async def test_retry_after_as_an_http_date_is_honoured(cleanup):
 def test_retry_after_forms(value, expected):
     assert _retry_after_seconds(value) == expected
 async def test_a_failed_server_waits_out_a_doubling_backoff_capped_at_2_s_then_is_probed_first(monkeypatch):
-    """README, "Several nodes": no batch for up to 0.25 s after the first failure, doubling with
+    """docs/retrieval-server.md, "Several nodes": no batch for up to 0.25 s after the first failure, doubling with
     every failed probe up to 2 s; then the next batch probes it, before the servers that answer."""
     clock = [100.0]
     monkeypatch.setattr(http_client, "time", SimpleNamespace(monotonic=lambda: clock[0]))

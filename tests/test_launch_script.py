@@ -358,7 +358,7 @@ def test_tis_lines_uncommented_give_a_working_tis_command(world, tmp_path):
 
 
 def test_tis_with_a_search_config_uses_one_merged_yaml(world, tmp_path):
-    # README, "TIS": mis.yaml's keys and the search_r1 mapping in one file, the mis.yaml line left
+    # docs/tis.md: mis.yaml's keys and the search_r1 mapping in one file, the mis.yaml line left
     # commented out.
     _, env = world
     script = tmp_path / "run_tis.sh"

@@ -1,5 +1,6 @@
-"""The READMEs: the English and Chinese versions keep the same outline, and the commands of ours
-that cannot run here (they need the Hub, GPUs or a trained model) at least parse as written."""
+"""The documentation (README.md and docs/, each page with its Chinese twin): both languages keep the
+same outline, links lead to pages and headings that exist, and the commands of ours that cannot run
+here (they need the Hub, GPUs or a trained model) at least parse as written."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import re
 import shlex
 from pathlib import Path
 
+import pytest
+
 from local_dense_retriever import download, retrieval_server
 from search_r1_slime import evaluate, prepare_data
+from tests.documentation import REPO, english_pages, page_pairs, pages, text
 from tests.test_evaluate import EXPECTED_TABLE
 
-REPO = Path(__file__).resolve().parent.parent
 READMES = [REPO / "README.md", REPO / "README_zh.md"]
+LANGUAGES = ["en", "zh"]
 
 
 def bash_commands(text: str) -> list[list[str]]:
@@ -31,42 +35,96 @@ def outline(text: str) -> list[str]:
     return [line.split(" ", 1)[0] for line in text.splitlines() if line.startswith("#")]
 
 
-def test_both_readmes_have_the_same_outline():
-    english, chinese = (outline(path.read_text(encoding="utf-8")) for path in READMES)
-    assert english == chinese
+def test_every_page_has_a_chinese_twin_with_the_same_outline():
+    pairs = page_pairs()
+    assert len(pairs) >= 12  # README and the docs/ pages it links
+    for english, chinese in pairs:
+        assert chinese.exists(), f"{english.name} has no Chinese twin {chinese.name}"
+        assert outline(english.read_text(encoding="utf-8")) == outline(chinese.read_text(encoding="utf-8")), chinese.name
+    strays = {p.name for p in (REPO / "docs").glob("*_zh.md")} - {chinese.name for _, chinese in pairs}
+    assert not strays, f"Chinese pages without an English one: {strays}"
 
 
-def test_readme_commands_of_our_scripts_parse():
-    for path in READMES:
-        commands = bash_commands(path.read_text(encoding="utf-8"))
-        ours = {
-            "search-r1-prepare-data": prepare_data.build_parser(),
-            "search-r1-evaluate": evaluate.build_parser(),
-            "local_dense_retriever.retrieval_server": retrieval_server.build_parser(),
-            "local_dense_retriever.download": download.build_parser(),
-        }
-        seen = set()
-        for argv in commands:
-            # "python -m module ..." is named by its module, a console script by itself.
-            name, rest = (argv[2], argv[3:]) if argv[:2] == ["python", "-m"] else (argv[0], argv[1:])
-            if name in ours:
-                ours[name].parse_args(rest)  # exits (SystemExit) on an unknown flag
-                seen.add(name)
-        assert seen == set(ours), path
+def slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped (letters of any script,
+    digits, "_" and "-" kept), each space a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
-def test_readme_shows_the_table_evaluate_prints():
-    for path in READMES:
-        assert EXPECTED_TABLE in path.read_text(encoding="utf-8")
+def anchors(page: Path) -> set[str]:
+    body = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return {slug(line.lstrip("#")) for line in body.splitlines() if line.startswith("#")}
 
 
-def test_every_module_is_in_both_readmes_file_tables():
+def test_slug_follows_githubs_rule():
+    assert slug("Keys and W&B") == "keys-and-wb"
+    assert slug("Evaluation (`--eval-config`)") == "evaluation---eval-config"
+    assert slug("Qwen3 及其他对话模板") == "qwen3-及其他对话模板"
+
+
+def test_every_link_between_pages_leads_to_a_page_and_heading_that_exist():
+    for english, chinese in page_pairs():
+        for page in (english, chinese):
+            body = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+            for target in re.findall(r"\]\(([^)\s]+)\)", body):
+                if re.match(r"[a-z]+:", target):
+                    continue  # another site
+                path, _, anchor = target.partition("#")
+                linked = (page.parent / path).resolve() if path else page
+                assert linked.exists(), f"{page.name} links {target}: no such file"
+                if anchor and linked.suffix == ".md":
+                    assert anchor in anchors(linked), f"{page.name} links {target}: no such heading"
+
+
+@pytest.mark.parametrize("readme", READMES, ids=lambda p: p.name)
+def test_further_reading_ends_the_readme_and_links_every_page_of_its_language(readme):
+    text_ = readme.read_text(encoding="utf-8")
+    heading = "## Further reading" if readme.name == "README.md" else "## 延伸阅读"
+    assert heading in text_
+    last_section = text_.split(heading, 1)[1]
+    assert "\n## " not in last_section, "Further reading is the README's last section"
+    linked = {(readme.parent / target).resolve() for target in re.findall(r"\]\((docs/[^)#\s]+)\)", last_section)}
+    language = "en" if readme.name == "README.md" else "zh"
+    assert linked == set(pages(language)[1:])
+
+
+def test_the_readme_is_a_short_path():
+    # What it is, install, the demo, the tests, a training run, further reading; the rest is in docs/.
+    for readme in READMES:
+        assert len(readme.read_text(encoding="utf-8").splitlines()) <= 200, readme.name
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_commands_of_our_scripts_parse(language):
+    commands = bash_commands(text(language))
+    ours = {
+        "search-r1-prepare-data": prepare_data.build_parser(),
+        "search-r1-evaluate": evaluate.build_parser(),
+        "local_dense_retriever.retrieval_server": retrieval_server.build_parser(),
+        "local_dense_retriever.download": download.build_parser(),
+    }
+    seen = set()
+    for argv in commands:
+        # "python -m module ..." is named by its module, a console script by itself.
+        name, rest = (argv[2], argv[3:]) if argv[:2] == ["python", "-m"] else (argv[0], argv[1:])
+        if name in ours:
+            ours[name].parse_args(rest)  # exits (SystemExit) on an unknown flag
+            seen.add(name)
+    assert seen == set(ours), language
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_evaluation_page_shows_the_table_evaluate_prints(language):
+    assert EXPECTED_TABLE in text(language)
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_every_module_is_in_the_architecture_tables(language):
     modules = [p for p in (*REPO.glob("*.py"), *REPO.glob("local_dense_retriever/*.py"), *REPO.glob("search_r1_slime/*.py"))
                if p.name != "__init__.py"]
-    for path in READMES:
-        text = path.read_text(encoding="utf-8")
-        missing = [m.name for m in modules if f"{m.name}`" not in text]
-        assert not missing, f"{path.name} does not say what these modules are for: {missing}"
+    text_ = text(language)
+    missing = [m.name for m in modules if f"{m.name}`" not in text_]
+    assert not missing, f"the {language} documentation does not say what these modules are for: {missing}"
 
 
 def _quoted(text: str, pattern: str) -> list[float]:
@@ -109,13 +167,13 @@ def _readme_claims() -> list[tuple[str, str, float]]:
     ]
 
 
-def test_numbers_the_readmes_quote_are_the_codes():
-    english, chinese = (path.read_text(encoding="utf-8") for path in READMES)
+def test_numbers_the_documentation_quotes_are_the_codes():
+    english, chinese = text("en"), text("zh")
     for english_pattern, chinese_pattern, value in _readme_claims():
-        for text, pattern in ((english, english_pattern), (chinese, chinese_pattern)):
-            quoted = _quoted(text, pattern)
-            assert quoted, f"the README no longer says {pattern!r}: update this test with it"
-            assert set(quoted) == {float(value)}, f"{pattern!r}: the README says {quoted}, the code {value}"
+        for language_text, pattern in ((english, english_pattern), (chinese, chinese_pattern)):
+            quoted = _quoted(language_text, pattern)
+            assert quoted, f"the documentation no longer says {pattern!r}: update this test with it"
+            assert set(quoted) == {float(value)}, f"{pattern!r}: the documentation says {quoted}, the code {value}"
 
 
 def test_configuration_tables_show_the_schemas_defaults():
@@ -123,9 +181,9 @@ def test_configuration_tables_show_the_schemas_defaults():
 
     defaults = {**DEFAULTS.model_dump(), **{f"{backend}.{key}": value for backend in ("local", "google")
                                             for key, value in getattr(DEFAULTS, backend).model_dump().items()}}
-    for path in READMES:
-        rows = re.findall(r"^\| (`[a-z_.]+`(?: / `[a-z_.]+`)*) \| `([^`]*)` \|", path.read_text(encoding="utf-8"), re.MULTILINE)
-        assert len(rows) >= 20, path
+    for page in (REPO / "docs" / "configuration.md", REPO / "docs" / "configuration_zh.md"):
+        rows = re.findall(r"^\| (`[a-z_.]+`(?: / `[a-z_.]+`)*) \| `([^`]*)` \|", page.read_text(encoding="utf-8"), re.MULTILINE)
+        assert len(rows) >= 20, page.name
         for keys, shown in rows:
             for key in re.findall(r"`([a-z_.]+)`", keys):
-                assert ast.literal_eval(shown) == defaults[key], f"{path.name}: {key} shown as {shown}, default {defaults[key]!r}"
+                assert ast.literal_eval(shown) == defaults[key], f"{page.name}: {key} shown as {shown}, default {defaults[key]!r}"

@@ -1,5 +1,5 @@
 """Searches that queue for a ``search_concurrency`` slot: the wait is not part of ``search_timeout``,
-it is bounded by ``search_slot_timeout``, and it is measured; the READMEs say exactly that."""
+it is bounded by ``search_slot_timeout``, and it is measured; the documentation (docs/configuration.md and its Chinese twin) says exactly that."""
 
 from __future__ import annotations
 
@@ -125,9 +125,9 @@ def _row(readme: str, key: str) -> str:
     return row
 
 
-@pytest.mark.parametrize("name", ["README.md", "README_zh.md"])
-def test_the_readmes_state_what_bounds_a_search_and_its_slot_wait(name):
-    readme = (REPO / name).read_text(encoding="utf-8")
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_documentation_states_what_bounds_a_search_and_its_slot_wait(language):
+    readme = (REPO / "docs" / ("configuration.md" if language == "en" else "configuration_zh.md")).read_text(encoding="utf-8")
     timeout, slot_timeout = _row(readme, "search_timeout"), _row(readme, "search_slot_timeout")
     assert timeout.startswith(f"| `search_timeout` | `{DEFAULTS.search_timeout:g}` |")
     assert slot_timeout.startswith(f"| `search_slot_timeout` | `{DEFAULTS.search_slot_timeout:g}` |")
