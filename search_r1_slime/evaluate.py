@@ -41,11 +41,13 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from local_dense_retriever.cli import ArgumentParser
+from local_dense_retriever.cli import ArgumentParser, ExtraImports
+
+with ExtraImports("retriever") as RETRIEVER:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     cli = parser.parse_args(argv)
+    RETRIEVER.require(parser)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if cli.max_concurrency < 1 or cli.max_response_len < 1 or cli.n_samples < 1:
         parser.refuse("--max-concurrency, --max-response-len and --n-samples must be at least 1")

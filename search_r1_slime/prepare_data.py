@@ -36,10 +36,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from local_dense_retriever.cli import ArgumentParser, ExtraImports
 
-from local_dense_retriever.cli import ArgumentParser
+with ExtraImports("retriever") as RETRIEVER:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # The rows' layout, of pyarrow's types: built here, so that the module imports (and --help
+    # works) without the extra.
+    SCHEMA = pa.schema(
+        [
+            ("id", pa.string()),
+            ("question", pa.string()),
+            ("golden_answers", pa.list_(pa.string())),
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+            ("ability", pa.string()),
+            (
+                "reward_model",
+                pa.struct(
+                    [("style", pa.string()), ("ground_truth", pa.struct([("target", pa.list_(pa.string()))]))]
+                ),
+            ),
+            ("extra_info", pa.struct([("split", pa.string()), ("index", pa.int64())])),
+        ]
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -58,24 +79,6 @@ PROMPT_TEMPLATE = (
     "You can search as many times as your want. "
     "If you find no further external knowledge needed, you can directly provide the answer inside <answer> and "
     "</answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
-)
-
-SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("question", pa.string()),
-        ("golden_answers", pa.list_(pa.string())),
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("ability", pa.string()),
-        (
-            "reward_model",
-            pa.struct(
-                [("style", pa.string()), ("ground_truth", pa.struct([("target", pa.list_(pa.string()))]))]
-            ),
-        ),
-        ("extra_info", pa.struct([("split", pa.string()), ("index", pa.int64())])),
-    ]
 )
 
 
@@ -204,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    RETRIEVER.require(parser)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.train_sources and not args.test_sources:
         parser.refuse("--train-sources and --test-sources are both empty: nothing to write")
