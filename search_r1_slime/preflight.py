@@ -10,7 +10,14 @@ then one test search sent by the plugin's own client with the plugin's settings,
 wrong access token (401), a ``topk`` the server refuses or an answer in the wrong format shows up
 here rather than as failed searches in every rollout. For Google a serper.dev key must be
 configured (the key itself is never printed; it is not tried, as a search costs a credit).
-The command prints one line per problem and exits 1, or one line saying the backend is ready.
+The command prints one line per problem and exits 1, or one line saying what it checked.
+
+It is also the only guard against a key written in the YAML reaching W&B: slime's ``train.py``
+uploads its ``args`` (the YAML's keys among them) as the W&B run's config right after allocating
+the GPUs, before it creates the rollout manager that loads the plugin, so no code of the plugin
+runs before that upload (docs/configuration.md, "Keys and W&B"). W&B is on when the command line
+says ``--use-wandb`` or the YAML itself sets ``use_wandb`` (slime sets every top-level key of the
+file on its ``args``).
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ def load_search_overrides(config_path: str | Path | None) -> Any:
     Raises ``OSError`` for a file that cannot be read, ``ValueError`` for one that is not a YAML
     mapping and ``ConfigError`` for a near miss of the ``search_r1`` key.
     """
+    return load_custom_config(config_path).get(SECTION) or {}  # resolve_config says what is wrong with its contents
+
+
+def load_custom_config(config_path: str | Path | None) -> dict[str, Any]:
+    """The whole ``--custom-config-path`` YAML, every top-level key of which slime sets on its
+    ``args`` ({} without a file); raises as ``load_search_overrides``."""
     if config_path is None:
         return {}
     import yaml  # slime's own dependency; only needed when a config file is given
@@ -54,7 +67,7 @@ def load_search_overrides(config_path: str | Path | None) -> Any:
     if not isinstance(data, dict):
         raise ValueError(f"{config_path}: expected a YAML mapping at the top level, got {type(data).__name__}")
     check_section_name(data)
-    return data.get(SECTION) or {}  # resolve_config says what is wrong with its contents
+    return data
 
 
 def health_url(search_url: str) -> str:
@@ -150,7 +163,11 @@ def ready_line(overrides: Any) -> str:
 
     config = resolve_config(SimpleNamespace(search_r1=overrides))
     if config["search_backend"] == "google":
-        return "search backend ready: google (serper.dev key set)"
+        # Only that a key is configured: a test search would cost a serper.dev credit.
+        return (
+            "search backend google: a serper.dev key is set; not checked: the key itself and serper.dev's answer "
+            "(no request was made, as a search costs a credit)"
+        )
     urls = _search_urls(config)
     token = resolve_secret(config["local"]["api_key"], config["local"]["api_key_file"], RETRIEVAL_API_KEY_ENV)
     token = "with the access token" if token else "without an access token"
@@ -174,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for each /health and each test search",
     )
     parser.add_argument(
-        "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb): refuse keys written in the YAML"
+        "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb; use_wandb in the YAML counts too): refuse keys written in the YAML"
     )
     return parser
 
@@ -182,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = load_search_overrides(args.config)
-        problems = search_problems(overrides, args.timeout, args.use_wandb)
+        custom_config = load_custom_config(args.config)
+        overrides = custom_config.get(SECTION) or {}
+        use_wandb = args.use_wandb or bool(custom_config.get("use_wandb"))
+        problems = search_problems(overrides, args.timeout, use_wandb)
     except ConfigError as exc:
         problems = exc.problems
     except (OSError, ValueError, ImportError) as exc:

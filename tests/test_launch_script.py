@@ -476,6 +476,19 @@ def test_a_key_written_in_the_yaml_is_refused_while_wandb_is_on(world, tmp_path)
     assert "WARNING" not in run(env, script=script, DRY_RUN="1", SEARCH_R1_CONFIG=str(from_file)).stderr
 
 
+def test_a_yaml_that_turns_wandb_on_itself_is_checked_before_anything_starts(world, tmp_path):
+    # No --use-wandb in the script, but the YAML sets use_wandb: slime would upload args, the key
+    # among them, at start-up, before the plugin ever runs; the launch refuses first.
+    _, env = world
+    literal = tmp_path / "wandb_in_yaml.yaml"
+    literal.write_text("use_wandb: true\n" + Path(env["SEARCH_R1_CONFIG"]).read_text() + f"    api_key: {json.dumps(TOKEN)}\n")
+    refused = run(env, SEARCH_R1_CONFIG=str(literal))
+    assert refused.returncode == 1
+    assert "ERROR: search_r1.local.api_key is written in the --custom-config-path YAML while W&B is on" in refused.stderr
+    assert not leaked(TOKEN, refused.stdout + refused.stderr)
+    assert ray_calls(env) == []
+
+
 # With a checkpoint missing, a dry run warns and prints the command, a real one refuses to launch:
 # which one ran tells how DRY_RUN was read, and nothing starts either way.
 @pytest.mark.parametrize("value", ["1", "true", "True", "yes", "on", "ON"])

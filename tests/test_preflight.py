@@ -102,3 +102,36 @@ async def test_a_server_that_fails_the_test_search_is_one_line(tmp_path, status)
     [line] = stderr.splitlines()
     assert line.startswith(f"retrieval server {retriever.search_url} failed a test search: ")
     assert f"HTTP {status}" in line
+
+
+async def test_a_yaml_that_turns_wandb_on_itself_has_its_key_refused_without_the_flag(tmp_path):
+    # slime sets every top-level key of the file on its args: use_wandb there turns W&B on as
+    # --use-wandb does, and slime uploads args, the key included, before the plugin ever runs.
+    config = tmp_path / "search.yaml"
+    config.write_text(f"use_wandb: true\nsearch_r1:\n  local:\n    search_url: http://127.0.0.1:9/retrieve\n    api_key: {TOKEN}\n")
+    code, stdout, stderr = await run_preflight("--config", str(config))
+    assert code == 1 and stdout == ""
+    [line] = stderr.splitlines()
+    assert line.startswith("search_r1.local.api_key is written in the --custom-config-path YAML while W&B is on")
+    assert TOKEN not in stderr
+
+    # W&B off in the YAML: the key is allowed, and the check goes on to the (absent) server.
+    config.write_text(config.read_text().replace("use_wandb: true", "use_wandb: false"))
+    code, _, stderr = await run_preflight("--config", str(config))
+    assert code == 1
+    assert stderr.startswith("retrieval server http://127.0.0.1:9/health is not answering")
+
+
+async def test_the_google_line_says_what_was_and_was_not_checked(tmp_path):
+    from tests.fakes.serper import FakeSerper
+
+    async with FakeSerper({}, api_key="serper-key-0123456789") as serper:
+        config = tmp_path / "search.yaml"
+        config.write_text(f"search_r1:\n  search_backend: google\n  google:\n    endpoint: {serper.endpoint}\n")
+        code, stdout, stderr = await run_preflight("--config", str(config), env={"SERPER_API_KEY": "serper-key-0123456789"})
+        assert serper.requests == []  # a search costs a credit: none is made
+    assert (code, stderr) == (0, "")
+    assert stdout.splitlines() == [
+        "search backend google: a serper.dev key is set; not checked: the key itself and serper.dev's answer "
+        "(no request was made, as a search costs a credit)"
+    ]
