@@ -494,11 +494,17 @@ _PROMPT_THINKING_BLOCK = re.compile(r"<think>\s*</think>\s*$")
 
 
 def _assistant_turn(sample: Any) -> str:
-    """What the format check reads: the response, after the thinking block the chat template put at
-    the end of the prompt, if any (Search-R1 checked the whole assistant turn; its Qwen2.5 template
-    wrote none, so there it is the response alone)."""
+    """What the format check reads. Search-R1 checked the whole assistant turn; its Qwen2.5 template
+    writes none of it, so there that is the response alone. A template that ends the prompt with an
+    empty thinking block writes the turn's first thinking in the model's place: the check reads the
+    turn from that block on, so a first action without thinking is well formed. A model that still
+    opens its own thinking first, as Search-R1's prompt asks ("reasoning inside <think> and
+    </think> first"), wrote the turn's thinking itself, and the template's empty block before it is
+    not read: the response alone is checked."""
     block = _PROMPT_THINKING_BLOCK.search(sample.prompt) if isinstance(sample.prompt, str) else None
-    return (block.group(0) if block else "") + sample.response
+    if block is None or sample.response.lstrip().startswith("<think>"):
+        return sample.response
+    return block.group(0) + sample.response
 
 
 async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:

@@ -444,13 +444,17 @@ async def test_qwen3_thinking_model_end_to_end(qwen3_dir, tmp_path, slime):
 
 @pytest.mark.parametrize("slime", REVISIONS, indirect=True)
 @pytest.mark.parametrize(("answer", "reward"), [("William Shakespeare", 1.0), ("Marlowe", 0.2)])
-async def test_qwen3_without_thinking_format_counts_the_templates_thinking_block(qwen3_dir, tmp_path, slime, answer, reward):
+@pytest.mark.parametrize("own_thinking", ["", "<think> I need the author. </think>\n"], ids=["template's", "own too"])
+async def test_qwen3_without_thinking_format_counts_the_templates_thinking_block(
+    qwen3_dir, tmp_path, slime, answer, reward, own_thinking
+):
     """``enable_thinking: false`` ends the prompt with an empty thinking block, so the model's first
-    action comes without one (later ones follow the prompt's "reasoning ... every time you get new
+    action may come without one (later ones follow the prompt's "reasoning ... every time you get new
     information"); the format check reads the assistant turn from that block on, as Search-R1 read
-    the whole assistant turn."""
+    the whole assistant turn. A model that opens its own thinking anyway, as the prompt asks, is
+    well formed too (right answer 1, wrong answer ``format_score``)."""
     world, sample = await qwen3_world(qwen3_dir, tmp_path, {"enable_thinking": False}, [
-        Turn("<search> who wrote hamlet </search>"),
+        Turn(own_thinking + "<search> who wrote hamlet </search>"),
         Turn(f"<think> The documents say it. </think>\n<answer> {answer} </answer>", eos=True),
     ])
     try:
@@ -460,7 +464,8 @@ async def test_qwen3_without_thinking_format_counts_the_templates_thinking_block
 
     assert sample.prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert sample.response == (
-        "<search> who wrote hamlet </search>" + HAMLET_OBS + f"<think> The documents say it. </think>\n<answer> {answer} </answer>"
+        own_thinking + "<search> who wrote hamlet </search>" + HAMLET_OBS
+        + f"<think> The documents say it. </think>\n<answer> {answer} </answer>"
     )
     assert sample.reward == reward
 
