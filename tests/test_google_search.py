@@ -286,6 +286,15 @@ def test_the_page_parsing_thread_ends_with_its_event_loop():
         ("100.100.100.200", False),  # Alibaba Cloud metadata (shared address space)
         ("fd00:ec2::254", False),  # AWS metadata over IPv6 (unique local)
         ("fe80::1%eth0", False), ("::ffff:127.0.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("not an ip", False),
+        # NAT64 (64:ff9b::/96): judged by the IPv4 address it carries; DNS64 maps public sites into it.
+        ("64:ff9b::8.8.8.8", True), ("64:ff9b::10.0.0.1", False), ("64:ff9b::7f00:1", False),
+        ("64:ff9b::169.254.169.254", False), ("64:ff9b::100.100.100.200", False),
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215): the operator's own network
+        # 6to4 (2002::/16) and Teredo (2001::/32) tunnels carry IPv4 addresses: never fetched.
+        ("2002:a00:1::", False), ("2002:7f00:1::1", False), ("2002:a9fe:a9fe::", False), ("2002:808:808::", False),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
+        ("::10.0.0.1", False), ("::8.8.8.8", False),  # IPv4-compatible (deprecated): not global unicast
+        ("100::1", False),  # discard-only
     ],
 )
 def test_only_global_unicast_addresses_are_allowed(address, allowed):
