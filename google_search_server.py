@@ -36,7 +36,7 @@ from typing import Any
 import chardet
 from yarl import URL
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, excerpt, proxy_kwargs, request_json, shared_session
 from search_r1_slime.public_web import host_problem
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
 from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, resolve_secret
@@ -154,7 +154,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
     )
     items = body.get("organic") if isinstance(body, dict) else None
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        shape = sorted(body) if isinstance(body, dict) else type(body).__name__
+        shape = f"keys {excerpt(str(sorted(body)), (key,))}" if isinstance(body, dict) else type(body).__name__
         raise RequestFailed(f"serper search answered without an 'organic' list of results (got {shape})")
     items = items[:top_k]
     snippets = [_snippet_text(str(item.get("snippet") or "")) for item in items]

@@ -36,7 +36,7 @@ from local_dense_retriever.retrieval_server import build_parser, config_from_arg
 from local_dense_retriever.server_config import ServerConfig
 from tests.test_retrieval_server import QUERIES, dense_config, expected, ids, serve, wait_until_ready  # noqa: F401 (fixtures)
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 BODY_TIMEOUT_S = 2.0
 HEADER_TIMEOUT_S = 1.0
 
@@ -362,10 +362,11 @@ def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     def api_key(*flags: str) -> str | None:
         return config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags])).api_key
 
-    monkeypatch.setenv("RETRIEVAL_API_KEY", "from-env")
-    assert (api_key(), api_key("--api_key", "from-flag")) == ("from-env", "from-flag")
+    monkeypatch.setenv("RETRIEVAL_API_KEY", "token-from-the-env")
+    assert (api_key(), api_key("--api_key", "token-from-the-flag")) == ("token-from-the-env", "token-from-the-flag")
     monkeypatch.setenv("RETRIEVAL_API_KEY", "")
     assert api_key() is None
+    assert api_key("--api_key", "a-token-of-16chr") == "a-token-of-16chr"  # the shortest taken (15 is refused below)
 
 
 @pytest.mark.parametrize(
@@ -373,6 +374,8 @@ def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     [
         ({"api_key": ""}, "--api_key (or RETRIEVAL_API_KEY) must be non-empty printable ASCII"),
         ({"api_key": "two words"}, "must be non-empty printable ASCII without spaces"),
+        ({"api_key": "a-token-of-15ch"}, "--api_key (or RETRIEVAL_API_KEY) is shorter than 16 characters, too short to be "
+                                          "a secret (value not shown)"),
         ({"max_topk": 2, "topk": 3}, "--topk (3) must be at most --max_topk (2)"),
         ({"max_body_bytes": 0}, "--max_body_bytes must be at least 1"),
         ({"body_timeout_s": 0}, "--body_timeout_s must be > 0"),

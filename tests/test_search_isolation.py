@@ -98,6 +98,36 @@ async def test_a_query_the_server_refuses_fails_alone_and_the_others_get_their_d
     assert [len(body["queries"]) for body in retriever.requests] == [7] + [1] * 7
 
 
+async def test_a_topk_the_server_refuses_fails_the_whole_batch_in_one_request_with_its_message():
+    # Sent again one query per request, each would be refused the same way: 1 + N requests for nothing.
+    queries = [f"q{i}" for i in range(5)]
+    async with FakeRetriever(corpus_of(queries), max_topk=2) as retriever:
+        outcomes = await asyncio.gather(
+            *(local_search(retriever.search_url, q, top_k=3, timeout=5, batch_wait=0.05) for q in queries), return_exceptions=True
+        )
+    for outcome in outcomes:
+        assert isinstance(outcome, RequestFailed) and outcome.status == 422
+        assert '"loc": ["topk"], "msg": "Input should be less than or equal to 2"' in str(outcome)  # the server's words
+    assert [len(body["queries"]) for body in retriever.requests] == [5]
+
+
+async def test_a_request_too_large_is_sent_again_one_query_per_request_and_each_answered():
+    queries = [f"question number {i} " + "x" * 60 for i in range(4)]
+    corpus = corpus_of(queries)
+    async with FakeRetriever(corpus, max_body_bytes=200) as retriever:  # one query fits, four do not
+        results = await asyncio.gather(*(local_search(retriever.search_url, q, top_k=2, timeout=5, batch_wait=0.05) for q in queries))
+    assert results == [documents(corpus, q, 2) for q in queries]
+    assert [len(body["queries"]) for body in retriever.requests] == [4, 1, 1, 1, 1]
+
+
+async def test_a_query_of_leading_spaces_past_max_query_chars_is_cut_after_them_not_sent_blank():
+    query = " " * 40 + "who wrote hamlet" + " " * 40
+    corpus = corpus_of(["who wrote hamlet"])
+    async with FakeRetriever(corpus, max_query_chars=30) as retriever:
+        assert await local_search(retriever.search_url, query, top_k=1, max_query_chars=30) == documents(corpus, "who wrote hamlet", 1)
+    assert retriever.queries_received == ["who wrote hamlet"]
+
+
 async def test_a_query_longer_than_max_query_chars_is_cut_and_answered():
     long_query = "x" * 30 + " and then a tail the server never sees"
     corpus = corpus_of([long_query[:30], "q"])
