@@ -211,7 +211,7 @@ class GoogleSettings(_KeyedSection):
     cache_size: int = Field(10_000, ge=0)
     max_attempts: int | None = Field(None, ge=1)  # None: retry until search_timeout
     attempt_timeout: float = Field(10.0, gt=0)
-    page_timeout: float = Field(5.0, gt=0)
+    page_timeout: float = Field(5.0, gt=0)  # seconds to fetch and parse one page, within search_timeout
     page_max_bytes: int = Field(1_000_000, ge=1)
     # Fetch result pages on loopback, private, link-local and other non-public addresses too.
     allow_private_pages: bool = False

@@ -262,6 +262,49 @@ async def test_pages_are_decoded_and_parsed_off_the_event_loop(monkeypatch):
     assert on_loop == [False, False]
 
 
+@pytest.fixture
+def stuck_parsing(monkeypatch):
+    """Parsing a page whose HTML says "stuck" takes until the test ends (far past any deadline)."""
+    release, started = threading.Event(), threading.Event()
+    real = google_search_server._text_of
+
+    def parse(raw: bytes, charset: str | None) -> str:
+        if b"stuck" in raw:
+            started.set()
+            release.wait(30)
+        return real(raw, charset)
+
+    monkeypatch.setattr(google_search_server, "_text_of", parse)
+    yield started
+    release.set()
+
+
+async def test_searches_whose_pages_cannot_be_parsed_in_time_return_their_snippets_by_the_deadline(stuck_parsing):
+    pages = {f"/{s}/{p}": Page(f"<p>stuck page {s}.{p} {MARKER}</p>".encode()) for s in range(4) for p in range(3)}
+    async with PageServer(pages) as site:
+        results = {f"q{s}": [organic(f"T{p}", site.url(f"/{s}/{p}"), f"{s}.{p} {MARKER}") for p in range(3)] for s in range(4)}
+        async with FakeSerper(results, api_key=KEY) as serper:
+            searches = (google_search(KEY, f"q{s}", top_k=3, timeout=1, snippet_only=False, endpoint=serper.endpoint,
+                                      **LOOPBACK_PAGES) for s in range(4))
+            # Generous: each search's deadline is 1 s; without one on parsing they never return.
+            answers = await asyncio.wait_for(asyncio.gather(*searches), 5)
+    assert answers == [[contents(f"T{p}", f"{s}.{p} {MARKER}") for p in range(3)] for s in range(4)]
+    assert sum(site.fetched.values()) == 12
+
+
+async def test_a_page_stuck_in_parsing_does_not_hold_back_the_pages_of_other_searches(stuck_parsing):
+    pages = {"/stuck": Page(f"<p>stuck {MARKER}</p>".encode()), "/fine": Page(f"<p>fine {MARKER}</p>".encode())}
+    async with PageServer(pages) as site:
+        results = {"a": [organic("A", site.url("/stuck"), MARKER)], "b": [organic("B", site.url("/fine"), MARKER)]}
+        async with FakeSerper(results, api_key=KEY) as serper:
+            search = {"top_k": 1, "timeout": 3, "snippet_only": False, "endpoint": serper.endpoint, **LOOPBACK_PAGES}
+            first = asyncio.ensure_future(google_search(KEY, "a", **search))
+            while not stuck_parsing.is_set():  # its page is being parsed
+                await asyncio.sleep(0.01)
+            assert await google_search(KEY, "b", **search) == [contents("B", f"fine {MARKER}")]  # parsed meanwhile
+            assert await first == [contents("A", MARKER)]
+
+
 def test_the_page_parsing_thread_ends_with_its_event_loop():
     """A loop that ends (asyncio.run, as in slime's fully async worker thread) leaves no parsing thread behind."""
 
