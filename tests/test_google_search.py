@@ -215,6 +215,21 @@ async def test_by_default_pages_on_loopback_are_not_fetched():
     assert site.fetched["/p"] == 0
 
 
+async def test_a_name_that_passed_the_check_is_still_not_connected_to_a_private_address(monkeypatch):
+    # DNS rebinding: the check resolved the name to a public address, the connection resolves it
+    # again and gets loopback. Stood in for by a check that passes: the session's resolver must refuse.
+    async def passes(host: str, port: int | None) -> None:
+        return None
+
+    monkeypatch.setattr(google_search_server, "host_problem", passes)
+    async with PageServer({"/p": Page(f"<p>Start. {MARKER}. End.</p>".encode())}) as site:
+        assert await serve_one_result(f"http://localhost:{site.port}/p", MARKER) == [contents("T", MARKER)]
+        assert site.fetched["/p"] == 0
+        # The same page is read where private pages are allowed: the refusal above was the resolver's.
+        assert await serve_one_result(f"http://localhost:{site.port}/p", MARKER, **LOOPBACK_PAGES) == [
+            contents("T", f"Start. {MARKER}. End.")]
+
+
 async def test_a_redirect_from_an_allowed_host_to_a_private_one_is_not_followed(monkeypatch):
     # Stand-ins for a public site (127.0.0.2, allowed here) redirecting to a private one: a name
     # that resolves to loopback, or loopback itself.
