@@ -15,7 +15,7 @@ served hundreds of tiny requests one by one. Here:
 * one query's problem stays that query's: a blank query is never sent (``RequestFailed`` at once),
   a query longer than ``max_query_chars`` is cut to it (its surrounding whitespace dropped first,
   so that it is never cut to a blank), and a request the server refuses as too large (413), or as
-  invalid because of some of its queries (a 422 whose details point at ``queries[i]``), is sent
+  invalid because of its queries (a 422 whose details point at ``queries``), is sent
   again one query per request, so that only the query the server refuses fails. A 422 about the
   whole request (``topk`` above the server's limit) fails its queries at once, with the server's
   message: sent again one by one, each would be refused the same way;
@@ -46,22 +46,24 @@ from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Co
 
 def _split_may_help(failure: RequestFailed) -> bool:
     """Whether a request refused with ``failure`` may succeed for some of its queries sent one by one:
-    it was too large (413), or invalid because of some of its queries (422 whose details, in
-    FastAPI's and pydantic's shape, all point at ``queries[i]``; ``body`` first in FastAPI's)."""
+    it was too large (413), or invalid because of its queries: a 422 whose details, in FastAPI's and
+    pydantic's shape, all point at ``queries`` (a query too long, ``["queries", i]`` or, from our
+    server, ``["queries"]`` with a message naming ``queries[i]``; too many queries). Not a 422 about
+    ``topk`` nor one without such details: each query sent alone would be refused the same way."""
     if failure.status == 413:
         return True
     if failure.status != 422 or not isinstance(failure.answer, dict):
         return False
     details = failure.answer.get("detail")
-    return isinstance(details, list) and bool(details) and all(_about_one_query(detail) for detail in details)
+    return isinstance(details, list) and bool(details) and all(_about_queries(detail) for detail in details)
 
 
-def _about_one_query(detail: Any) -> bool:
+def _about_queries(detail: Any) -> bool:
     loc = detail.get("loc") if isinstance(detail, dict) else None
     if not isinstance(loc, list) or not loc:
         return False
-    loc = loc[1:] if loc[0] == "body" else loc
-    return len(loc) >= 2 and loc[0] == "queries" and isinstance(loc[1], int)
+    loc = loc[1:] if loc[0] == "body" else loc  # FastAPI's own validation puts "body" first
+    return bool(loc) and loc[0] == "queries"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up o
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
 Strict about queries, as a server that validates whole requests is (ours before per-query answers):
 a request holding one blank query, or one longer than ``max_query_chars``, is refused whole
-with 422, in the shape FastAPI and pydantic give (``{"detail": [{"loc": ["queries", i], ...}]}``).
+with 422, in the shape our server gives (``{"detail": [{"loc": ["queries"], "msg": "... queries[i] ..."}]}``).
 Like our server, a ``topk`` above ``max_topk`` gets a 422 about ``topk``, and a body larger than
 ``max_body_bytes`` a 413 (these refused requests are in ``requests`` too).
 """
@@ -103,8 +103,8 @@ class FakeRetriever(LoopbackServer):
             return web.json_response({"detail": [detail]}, status=422)
         invalid = [i for i, q in enumerate(body["queries"]) if not q.strip() or len(q) > self.max_query_chars]
         if invalid:
-            details = [{"type": "string_too_long", "loc": ["queries", i], "msg": "blank or too long"} for i in invalid]
-            return web.json_response({"detail": details}, status=422)
+            detail = {"type": "value_error", "loc": ["queries"], "msg": f"Value error, queries{invalid} are blank or too long"}
+            return web.json_response({"detail": [detail]}, status=422)
         missing = [q for q in body["queries"] if q not in self.corpus]
         if missing:
             return web.Response(status=500, text=f"stand-in has no documents for queries {missing!r}")
