@@ -6,7 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from local_dense_retriever.encoder_config import PRECISIONS, EncoderConfig, Pooling, encoder_config_from
-from search_r1_slime.settings import MIN_KEY_CHARS
+
+# The shortest --api_key taken: a shorter one can be guessed, and the plugin's clients refuse it too
+# (search_r1_slime.settings.MIN_KEY_CHARS; this package imports nothing of the plugin, a test keeps
+# the two equal).
+MIN_KEY_CHARS = 16
 
 # Search-R1's hierarchical retriever hands its cross-encoder the first stage's top 10.
 DEFAULT_RERANK_CANDIDATES = 10

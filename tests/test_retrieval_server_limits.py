@@ -33,7 +33,9 @@ from local_dense_retriever import http_limits
 from local_dense_retriever.api import NEAR_MISS_PATTERN
 from local_dense_retriever.app import create_app
 from local_dense_retriever.retrieval_server import build_parser, config_from_args
+from local_dense_retriever import server_config
 from local_dense_retriever.server_config import ServerConfig
+from search_r1_slime import settings as plugin_settings
 from tests.test_retrieval_server import QUERIES, dense_config, expected, ids, serve, wait_until_ready  # noqa: F401 (fixtures)
 
 TOKEN = "t0ken-for-the-tests"
@@ -428,6 +430,7 @@ def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     monkeypatch.setenv("RETRIEVAL_API_KEY", "")
     assert api_key() is None
     assert api_key("--api_key", "a-token-of-16chr") == "a-token-of-16chr"  # the shortest taken (15 is refused below)
+    assert server_config.MIN_KEY_CHARS == plugin_settings.MIN_KEY_CHARS == 16  # the clients take what the server takes
 
 
 @pytest.mark.parametrize(
