@@ -7,10 +7,13 @@ Result pages can be read for context, as upstream did.
 format, ``[{"document": {"contents": '"title"\\ncontext'}}, ...]``:
 
 * ``snippet_only=True``: the context is the result's snippet;
-* ``snippet_only=False``: every result page is fetched at once (per-page timeout, size cap,
-  at most five redirects), decoded (declared charset, else detected with chardet) and turned into
-  text paragraphs in a worker thread, so that parsing never stalls the event loop the other
-  trajectories run on, and the paragraphs that contain a piece of the snippet are kept. Pages on
+* ``snippet_only=False``: every result page is fetched at once (size cap, at most five
+  redirects), decoded (declared charset, else detected with chardet) and turned into text
+  paragraphs in a small pool of worker threads, so that parsing never stalls the event loop the
+  other trajectories run on, and the paragraphs that contain a piece of the snippet are kept.
+  Fetching and parsing a page together must end within ``page_timeout`` and the search's own
+  deadline (``timeout``): a page not read by then is dropped (its parsing too, if it has not
+  started) and its snippet used, so a search answers in time however slow its pages are. Pages on
   loopback, private, link-local or other non-public addresses are not fetched, redirects included
   (``search_r1_slime.public_web``), unless ``allow_private_pages``. A page that fails, is refused
   or matches nothing falls back to the snippet; it never fails the search.
@@ -36,7 +39,7 @@ from typing import Any
 import chardet
 from yarl import URL
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, shared_session
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, excerpt, proxy_kwargs, request_json, shared_session
 from search_r1_slime.public_web import host_problem
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
 from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, resolve_secret
@@ -49,17 +52,20 @@ _MAX_REDIRECTS = 5
 
 
 async def _stop_parser(executor: concurrent.futures.Executor) -> None:
-    executor.shutdown(wait=False)  # its thread ends once a page being parsed is done
+    executor.shutdown(wait=False, cancel_futures=True)  # its threads end once the pages being parsed are done
 
 
-# One thread per event loop parses its pages in turn. Parsing is pure Python, so more threads
-# would not parse faster (the GIL), only take the GIL from the event loop more often: reading five
-# ~780 KB pages at once stalled the loop 190-460 ms with a thread per page, 40-120 ms with one
-# thread, 730-830 ms parsing on the loop (bench/page_parsing.py, 7 runs on a busy 2-core machine).
+# A few threads per event loop parse its pages. Parsing is pure Python, so more threads would not
+# parse faster (the GIL), only take the GIL from the event loop more often: reading five ~780 KB
+# pages at once stalled the loop 190-460 ms with a thread per page, 40-120 ms with one thread,
+# 730-830 ms parsing on the loop (bench/page_parsing.py, 7 runs on a busy 2-core machine). One
+# thread, though, made every search's pages wait behind one slow page of another search; a page
+# past its search's deadline is dropped, but one already being parsed holds its thread until done.
 # Made per loop, like every asyncio companion here, so that none outlives its loop or a fork
 # (stopped when its loop shuts down).
+_PARSER_THREADS = 4
 _PARSERS: PerLoop[concurrent.futures.Executor] = PerLoop(
-    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="page-parser"),
+    lambda: concurrent.futures.ThreadPoolExecutor(max_workers=_PARSER_THREADS, thread_name_prefix="page-parser"),
     close=_stop_parser,
 )
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -154,7 +160,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
     )
     items = body.get("organic") if isinstance(body, dict) else None
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        shape = sorted(body) if isinstance(body, dict) else type(body).__name__
+        shape = f"keys {excerpt(str(sorted(body)), (key,))}" if isinstance(body, dict) else type(body).__name__
         raise RequestFailed(f"serper search answered without an 'organic' list of results (got {shape})")
     items = items[:top_k]
     snippets = [_snippet_text(str(item.get("snippet") or "")) for item in items]
@@ -204,16 +210,21 @@ def collect_context(snippet: str, page_text: str) -> str:
 
 
 async def _page_text(url: str, timeout: float, settings: _Settings, extra: dict[str, Any]) -> str:
-    """The text of one result page, or "" when it cannot or may not be had (never raises)."""
+    """The text of one result page, or "" when it cannot or may not be had within ``timeout`` (never raises)."""
     try:
-        page = await asyncio.wait_for(_download(url, settings, extra), timeout)
-        if page is None:
-            return ""
-        # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), _text_of, *page)
+        return await asyncio.wait_for(_read_page(url, settings, extra), timeout)
     except Exception as exc:  # noqa: BLE001 - a page is optional: any failure means "no page"
         logger.debug("page %s skipped: %s", url, type(exc).__name__)
         return ""
+
+
+async def _read_page(url: str, settings: _Settings, extra: dict[str, Any]) -> str:
+    page = await _download(url, settings, extra)
+    if page is None:
+        return ""
+    # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
+    # Cancelled (past the deadline), a page still waiting for a thread is never parsed.
+    return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), _text_of, *page)
 
 
 async def _download(url: str, settings: _Settings, extra: dict[str, Any]) -> tuple[bytes, str | None] | None:

@@ -13,9 +13,12 @@ served hundreds of tiny requests one by one. Here:
   in one ``/retrieve`` request of up to ``max_queries_per_request`` queries, and each caller gets
   exactly its own query's documents back;
 * one query's problem stays that query's: a blank query is never sent (``RequestFailed`` at once),
-  a query longer than ``max_query_chars`` is cut to it, and a request the server refuses as
-  invalid (422, or 413 too large) is sent again one query per request, so that only the query the
-  server refuses fails;
+  a query longer than ``max_query_chars`` is cut to it (its surrounding whitespace dropped first,
+  so that it is never cut to a blank), and a request the server refuses as too large (413), or as
+  invalid because of its queries (a 422 whose details point at ``queries``), is sent
+  again one query per request, so that only the query the server refuses fails. A 422 about the
+  whole request (``topk`` above the server's limit) fails its queries at once, with the server's
+  message: sent again one by one, each would be refused the same way;
 * ``search_url`` may list several servers: requests are spread over them round robin, and a
   server that fails is skipped while the others answer;
 * every request goes through ``http_client.request_json``: retries of what a retry can fix
@@ -36,13 +39,31 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, scrub
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, excerpt, proxy_kwargs, request_json, scrub
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
 from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config, resolve_secret
 
-# A request refused with one of these may hold a single query the server will not take; its
-# queries are sent again one per request so that the others still get their documents.
-_INVALID_REQUEST_STATUSES = (413, 422)
+
+def _split_may_help(failure: RequestFailed) -> bool:
+    """Whether a request refused with ``failure`` may succeed for some of its queries sent one by one:
+    it was too large (413), or invalid because of its queries: a 422 whose details, in FastAPI's and
+    pydantic's shape, all point at ``queries`` (a query too long, ``["queries", i]`` or, from our
+    server, ``["queries"]`` with a message naming ``queries[i]``; too many queries). Not a 422 about
+    ``topk`` nor one without such details: each query sent alone would be refused the same way."""
+    if failure.status == 413:
+        return True
+    if failure.status != 422 or not isinstance(failure.answer, dict):
+        return False
+    details = failure.answer.get("detail")
+    return isinstance(details, list) and bool(details) and all(_about_queries(detail) for detail in details)
+
+
+def _about_queries(detail: Any) -> bool:
+    loc = detail.get("loc") if isinstance(detail, dict) else None
+    if not isinstance(loc, list) or not loc:
+        return False
+    loc = loc[1:] if loc[0] == "body" else loc  # FastAPI's own validation puts "body" first
+    return bool(loc) and loc[0] == "queries"
 
 
 @dataclass(frozen=True)
@@ -120,7 +141,8 @@ async def local_search(
     )
     local = config.local
     refuse_blank(query)
-    query = query[: local.max_query_chars]
+    if len(query) > local.max_query_chars:
+        query = query.strip()[: local.max_query_chars]
     servers = (local.search_url,) if isinstance(local.search_url, str) else tuple(local.search_url)
     route = _Route(
         servers, top_k, timeout, local.proxy, local.max_attempts, local.attempt_timeout, local.batch_wait,
@@ -171,7 +193,7 @@ class _QueryCoalescer:
         try:
             results = await _retrieve(self._route, [query for query, _ in batch], self._state, deadline)
         except RequestFailed as exc:
-            if len(batch) > 1 and exc.status in _INVALID_REQUEST_STATUSES:
+            if len(batch) > 1 and _split_may_help(exc):
                 await asyncio.gather(*(self._send([item], deadline) for item in batch))
                 return
             _fail(batch, exc)
@@ -188,7 +210,7 @@ class _QueryCoalescer:
 def _fail(batch: list[tuple[str, asyncio.Future[list[dict]]]], failure: RequestFailed) -> None:
     for _, future in batch:
         if not future.done():
-            future.set_exception(RequestFailed(str(failure), status=failure.status))
+            future.set_exception(RequestFailed(str(failure), status=failure.status, answer=failure.answer))
 
 
 async def _retrieve(route: _Route, queries: list[str], state: _LoopState, deadline: float) -> list[list[dict]]:
@@ -219,18 +241,19 @@ async def _retrieve(route: _Route, queries: list[str], state: _LoopState, deadli
         if len(route.servers) > 1 and (exc.status is None or exc.status == 429 or exc.status >= 500):
             raise RequestFailed(f"all {len(route.servers)} retrieval servers failed: {exc}", status=exc.status) from None
         raise
-    return parse_retrieve_response(body, len(queries))
+    return parse_retrieve_response(body, len(queries), route.secrets)
 
 
-def parse_retrieve_response(body: Any, n_queries: int) -> list[list[dict]]:
+def parse_retrieve_response(body: Any, n_queries: int, secrets: tuple[str, ...] = ()) -> list[list[dict]]:
     """Turn a ``/retrieve`` answer of either shape into our output format, one list per query.
 
     Items are documents (``return_scores`` false) or ``{"document": doc, "score": s}`` (true).
-    Raises ``RequestFailed`` naming what is wrong when the answer does not have that shape.
+    Raises ``RequestFailed`` naming what is wrong when the answer does not have that shape (its
+    excerpts without ``secrets``).
     """
     result = body.get("result") if isinstance(body, dict) else None
     if not isinstance(result, list):
-        raise RequestFailed(f"retrieval server answered without a 'result' list: {str(body)[:200]!r}")
+        raise RequestFailed(f"retrieval server answered without a 'result' list: {excerpt(str(body), secrets)}")
     if len(result) != n_queries:
         raise RequestFailed(f"retrieval server answered {len(result)} result lists for {n_queries} queries")
     parsed = []
@@ -242,7 +265,7 @@ def parse_retrieve_response(body: Any, n_queries: int) -> list[list[dict]]:
             doc = item.get("document", item) if isinstance(item, dict) else None
             contents = doc.get("contents") if isinstance(doc, dict) else None
             if not isinstance(contents, str):
-                raise RequestFailed(f"retrieval server answered item {j} of query {i} without a 'contents' string: {str(item)[:200]!r}")
+                raise RequestFailed(f"retrieval server answered item {j} of query {i} without a 'contents' string: {excerpt(str(item), secrets)}")
             documents.append({"document": {"contents": contents}} if contents else document("", ""))
         parsed.append(documents)
     return parsed

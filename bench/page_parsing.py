@@ -8,7 +8,7 @@ list, ``--rounds`` times. Meanwhile a ticker wakes every 5 ms and records how la
 
 * ``on the loop``: the same code with the parsing run inline (what the client did before);
 * ``a thread per page``: parsing in the default executor, one thread per page at once;
-* ``ours``: parsing in the backend's one parsing thread.
+* ``ours``: parsing in the backend's small pool of parsing threads (``_PARSER_THREADS``).
 
 Pages and the serper.dev stand-in are served on loopback by this process (one loop).
 
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import google_search_server  # noqa: E402
 from search_r1_slime.http_client import PerLoop, close_shared_session  # noqa: E402
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789"
 SENTENCE = "北京是中华人民共和国的首都，也是全国的政治、文化和国际交往中心，有三千多年的建城史。"
 MARKER = "and this sentence carries the answer we want"
 

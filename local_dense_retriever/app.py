@@ -67,8 +67,9 @@ class BodyLimits:
     ``timeout_keep_alive``, only closes connections idle *between* requests; it has none for
     reading headers or a body). Both refusals close the connection, whose unread rest is not
     wanted. The refusal is an ``HTTPException`` raised from ``receive``, which FastAPI lets through
-    its body parsing and turns into ``{"detail": ...}``; routes that never read a body (``/health``)
-    are unaffected.
+    its body parsing and turns into ``{"detail": ...}``. A body that is never read (``/health``, a
+    401, 404 or 405 answered first) is not bounded here: its connection ends once the answer is
+    sent (``http_limits``).
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, timeout_s: float) -> None:

@@ -7,7 +7,9 @@ and seconds of CPU), and uvicorn's one timer (``timeout_keep_alive``) runs only 
 so a client that sends its head a byte at a time, or nothing at all, holds its connection forever.
 ``uvicorn_config`` runs the app on uvicorn's httptools protocol with these bounds added (h11 is
 never selected: the ``retriever`` extra installs httptools). Each refusal is a JSON ``{"detail"}``
-that names the flag, and closes the connection. The body's bounds are the app's (``BodyLimits``).
+that names the flag, and closes the connection. The body's bounds are the app's (``BodyLimits``),
+which bound a body as the app reads it; a body the app never reads (it answered first: 401, 404,
+405) ends its connection once the answer is sent (``on_response_complete``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 # (pyproject's minimum) and 0.54.0; a release without one of them fails here, at import, rather
 # than serving without the bounds. (A change of their behaviour only the tests can catch.)
 EXTENDED = ("connection_made", "connection_lost", "data_received", "on_header", "on_headers_complete",
-            "on_message_complete", "send_400_response")
+            "on_message_complete", "on_response_complete", "send_400_response")
 
 
 def check_protocol(protocol: type, version: str) -> None:
@@ -63,6 +65,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_head = True
+        self._in_body = False  # the head of the latest request is in, its body is not complete
         self._head_timer: asyncio.TimerHandle | None = None
         self._refusal: tuple[int, str] | None = None
         if len(self.connections) > self.limits.max_connections:
@@ -101,13 +104,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head, self._in_body = False, True
         self._cancel_head_timer()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_body = False
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0
+
+    def on_response_complete(self) -> None:
+        # Answered before its body was complete (the app refused the request without reading it):
+        # uvicorn would read and drop the rest for as long as the client sends it, and each byte
+        # stops its keep-alive timer, so a client claiming a huge body and sending it a byte at a
+        # time held the connection forever. The connection ends instead. (With a pipelined request
+        # waiting, the latest head is that request's: the answered one was complete.)
+        if self._in_body and not self.pipeline:
+            self.transport.close()
+        super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn answers every parser error with a 400; a bound's own refusal says which it was.

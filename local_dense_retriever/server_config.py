@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 
 from local_dense_retriever.encoder_config import PRECISIONS, EncoderConfig, Pooling, encoder_config_from
 
+# The shortest --api_key taken: a shorter one can be guessed, and the plugin's clients refuse it too
+# (search_r1_slime.settings.MIN_KEY_CHARS; this package imports nothing of the plugin, a test keeps
+# the two equal).
+MIN_KEY_CHARS = 16
+
 # Search-R1's hierarchical retriever hands its cross-encoder the first stage's top 10.
 DEFAULT_RERANK_CANDIDATES = 10
 # Seconds a client is asked to wait (Retry-After) when the server is loading or overloaded.
@@ -91,6 +96,9 @@ class ServerConfig:
             # The message leaves the token out: it may end up in a log.
             raise ValueError("--api_key (or RETRIEVAL_API_KEY) must be non-empty printable ASCII without spaces, "
                              "as an HTTP header carries it; e.g. the output of: openssl rand -hex 32")
+        if self.api_key is not None and len(self.api_key) < MIN_KEY_CHARS:  # the clients refuse it too
+            raise ValueError(f"--api_key (or RETRIEVAL_API_KEY) is shorter than {MIN_KEY_CHARS} characters, too short "
+                             "to be a secret (value not shown); e.g. use the output of: openssl rand -hex 32")
         self._check_rerank()
 
     def _check_rerank(self) -> None:

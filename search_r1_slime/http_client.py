@@ -15,9 +15,11 @@
   server that is down or restarting sees one request per backoff step, not one per waiting search.
   Anything that cannot succeed fails with ``RequestFailed``, whose message says what went wrong.
   Messages quote response bodies but never request headers, and the strings passed as ``redact``
-  (API keys, tokens) are scrubbed even from an echoing server's body: ``scrub`` runs on every
-  outside text as it comes in, before anything parses, cuts or quotes it, so no escaped copy or
-  prefix of a secret can survive.
+  (API keys, tokens) are scrubbed from every text a message shows, even an echoing server's body:
+  ``scrub`` runs on a whole text before it is cut into an excerpt, so no escaped copy or prefix of
+  a secret survives. The data returned is parsed from the body as it came: scrubbing it would
+  change it (a key that is also a word, a number or a JSON name would be replaced in every answer),
+  and keys too short to be secrets are refused by the settings (``settings.MIN_KEY_CHARS``).
 """
 
 from __future__ import annotations
@@ -180,11 +182,14 @@ class RetryPolicy:
 
 
 class RequestFailed(Exception):
-    """A request that failed for good. ``status`` is the last HTTP status, if any came back."""
+    """A request that failed for good. ``status`` is the last HTTP status, if any came back;
+    ``answer``: the JSON body of a refusal (4xx) that had one, for the caller to read (it is data,
+    not scrubbed: never to be shown)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, answer: Any = None):
         super().__init__(message)
         self.status = status
+        self.answer = answer
 
 
 class _Retryable(Exception):
@@ -215,7 +220,7 @@ def _retry_after_seconds(value: str | None) -> float | None:
 def scrub(text: str, secrets: Collection[str]) -> str:
     """``text`` with every secret replaced by ``<redacted>``, as written and as a JSON string
     would carry it (a server echoing a header in a JSON error escapes its quotes and backslashes).
-    Call it on outside text before anything formats or cuts it."""
+    Call it on outside text that is shown, before anything cuts it."""
     for secret in secrets:
         if secret:
             for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])):
@@ -340,14 +345,13 @@ async def _attempt(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
         async with session.request(method, url, timeout=timeout, **kwargs) as resp:
-            # Scrubbed as it arrives: every message, excerpt and value below comes from the clean text.
-            body = scrub(await resp.text(errors="replace"), redact)
+            body = await resp.text(errors="replace")
             if resp.status >= 400:
-                message = f"HTTP {resp.status}: {body[:_BODY_EXCERPT_CHARS]!r}"
+                message = f"HTTP {resp.status}: {excerpt(body, redact)}"
                 if policy.retries_status(resp.status):
                     retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
                     raise _Retryable(message, status=resp.status, retry_after_s=retry_after)
-                raise RequestFailed(message, status=resp.status)
+                raise RequestFailed(message, status=resp.status, answer=_json_or_none(body))
     except aiohttp.ClientConnectorError as exc:  # nothing was sent: always safe to retry
         raise _Retryable(f"{type(exc).__name__}: {scrub(str(exc), redact)}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError) as exc:
@@ -358,7 +362,19 @@ async def _attempt(
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
-        raise RequestFailed(f"response is not JSON ({exc}): {body[:_BODY_EXCERPT_CHARS]!r}", status=resp.status) from exc
+        raise RequestFailed(f"response is not JSON ({exc}): {excerpt(body, redact)}", status=resp.status) from exc
+
+
+def excerpt(text: str, redact: Collection[str] = ()) -> str:
+    """The start of an outside text (a response body), quoted, for a message: scrubbed whole, then cut."""
+    return repr(scrub(text, redact)[:_BODY_EXCERPT_CHARS])
+
+
+def _json_or_none(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        return None
 
 
 async def request_json(
@@ -408,7 +424,7 @@ async def request_json(
             body = await _attempt(method, target, timeout_s, policy, redact, kwargs)
         except RequestFailed as exc:
             health.record(target, probe, None, policy)  # the server answered: it is up
-            raise RequestFailed(str(exc), status=exc.status) from None
+            raise RequestFailed(str(exc), status=exc.status, answer=exc.answer) from None
         except _Retryable as exc:
             last = exc
             health.record(target, probe, exc, policy)

@@ -23,15 +23,31 @@ from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
 
+# IPv6 addresses that carry an IPv4 one. NAT64's well-known prefix (RFC 6052) is how an IPv6-only
+# network reaches IPv4 sites (DNS64 answers 64:ff9b::a.b.c.d), so it is judged by the IPv4 address
+# it carries. The local-use NAT64 prefix (RFC 8215) leads into the operator's own network, and the
+# 6to4 (RFC 3056, deprecated by RFC 7526) and Teredo (RFC 4380) tunnels carry an IPv4 address too:
+# none of these is fetched. Python's ``is_global`` counts some of them global (3.11 all but Teredo).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV6_GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")  # RFC 4291, 2.4: all the rest is special
+_IPV6_TUNNELS = (ipaddress.ip_network("2002::/16"), ipaddress.ip_network("2001::/32"))  # 6to4, Teredo
+
+
 def address_allowed(address: str) -> bool:
     """Whether ``address`` is a global unicast address: not loopback, private, link-local (metadata
-    services), shared (100.64/10, another metadata range), reserved, multicast or unspecified."""
+    services), shared (100.64/10, another metadata range), reserved, multicast or unspecified, nor
+    an IPv6 address that carries an IPv4 address that is any of these (see above)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # a scoped IPv6 address carries %zone
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        elif ip not in _IPV6_GLOBAL_UNICAST or any(ip in tunnel for tunnel in _IPV6_TUNNELS):
+            return False
     return ip.is_global and not ip.is_multicast
 
 

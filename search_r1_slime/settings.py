@@ -26,15 +26,29 @@ RETRIEVAL_API_KEY_ENV = "RETRIEVAL_API_KEY"
 SERPER_API_KEY_ENV = "SERPER_API_KEY"
 
 
+# The fewest characters a key may have. A shorter one is no secret (it can be guessed), and the
+# messages that quote a server's answer scrub keys from it: a short key such as "2024" or "result"
+# would be cut out of the words around it. serper.dev keys have 40; `openssl rand -hex 32` gives 64.
+MIN_KEY_CHARS = 16
+
+
 def resolve_secret(configured: str | None, path: str | None, env: str) -> str | None:
     """The secret to use: the configured one, else the contents of the file ``path`` (surrounding
     whitespace dropped), else the environment variable ``env``; None when none is set (an empty
-    variable counts as unset). Only the first two come from ``args``, which slime uploads to W&B."""
+    variable counts as unset). Only the first two come from ``args``, which slime uploads to W&B.
+    Raises ``ConfigError`` for a key from ``env`` shorter than ``MIN_KEY_CHARS`` (the others are
+    checked with the settings)."""
     if configured:
         return configured
     if path:
         return _read_secret_file(path) or None
-    return os.environ.get(env) or None
+    secret = os.environ.get(env) or None
+    if secret is not None and len(secret) < MIN_KEY_CHARS:
+        raise ConfigError([f"{env} holds a key {_TOO_SHORT} (value not shown)"])
+    return secret
+
+
+_TOO_SHORT = f"shorter than {MIN_KEY_CHARS} characters, too short to be a secret"
 
 
 def _read_secret_file(path: str) -> str:
@@ -116,9 +130,13 @@ def _optional_proxy(value: Any) -> str | None:
 
 def _optional_secret(value: Any) -> str | None:
     # The value is never quoted: it may be a real key put under the wrong name.
-    if value is None or (isinstance(value, str) and value.strip()):
+    if value is None:
         return value
-    raise ValueError(f"must be None or a non-empty string (got {type(value).__name__}, value not shown)")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be None or a non-empty string (got {type(value).__name__}, value not shown)")
+    if len(value) < MIN_KEY_CHARS:
+        raise ValueError(f"is {_TOO_SHORT} (value not shown)")
+    return value
 
 
 def _optional_secret_file(value: Any) -> str | None:
@@ -135,9 +153,9 @@ def _optional_secret_file(value: Any) -> str | None:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
     else:
-        if secret:
+        if len(secret) >= MIN_KEY_CHARS:
             return value
-        reason = "the file is empty"
+        reason = f"the key in it is {_TOO_SHORT}" if secret else "the file is empty"
     raise ValueError(f"cannot be read as a key file ({reason}; the path is not shown, in case it is a key)")
 
 
@@ -193,7 +211,7 @@ class GoogleSettings(_KeyedSection):
     cache_size: int = Field(10_000, ge=0)
     max_attempts: int | None = Field(None, ge=1)  # None: retry until search_timeout
     attempt_timeout: float = Field(10.0, gt=0)
-    page_timeout: float = Field(5.0, gt=0)
+    page_timeout: float = Field(5.0, gt=0)  # seconds to fetch and parse one page, within search_timeout
     page_max_bytes: int = Field(1_000_000, ge=1)
     # Fetch result pages on loopback, private, link-local and other non-public addresses too.
     allow_private_pages: bool = False

@@ -215,6 +215,21 @@ async def test_by_default_pages_on_loopback_are_not_fetched():
     assert site.fetched["/p"] == 0
 
 
+async def test_a_name_that_passed_the_check_is_still_not_connected_to_a_private_address(monkeypatch):
+    # DNS rebinding: the check resolved the name to a public address, the connection resolves it
+    # again and gets loopback. Stood in for by a check that passes: the session's resolver must refuse.
+    async def passes(host: str, port: int | None) -> None:
+        return None
+
+    monkeypatch.setattr(google_search_server, "host_problem", passes)
+    async with PageServer({"/p": Page(f"<p>Start. {MARKER}. End.</p>".encode())}) as site:
+        assert await serve_one_result(f"http://localhost:{site.port}/p", MARKER) == [contents("T", MARKER)]
+        assert site.fetched["/p"] == 0
+        # The same page is read where private pages are allowed: the refusal above was the resolver's.
+        assert await serve_one_result(f"http://localhost:{site.port}/p", MARKER, **LOOPBACK_PAGES) == [
+            contents("T", f"Start. {MARKER}. End.")]
+
+
 async def test_a_redirect_from_an_allowed_host_to_a_private_one_is_not_followed(monkeypatch):
     # Stand-ins for a public site (127.0.0.2, allowed here) redirecting to a private one: a name
     # that resolves to loopback, or loopback itself.
@@ -262,6 +277,49 @@ async def test_pages_are_decoded_and_parsed_off_the_event_loop(monkeypatch):
     assert on_loop == [False, False]
 
 
+@pytest.fixture
+def stuck_parsing(monkeypatch):
+    """Parsing a page whose HTML says "stuck" takes until the test ends (far past any deadline)."""
+    release, started = threading.Event(), threading.Event()
+    real = google_search_server._text_of
+
+    def parse(raw: bytes, charset: str | None) -> str:
+        if b"stuck" in raw:
+            started.set()
+            release.wait(30)
+        return real(raw, charset)
+
+    monkeypatch.setattr(google_search_server, "_text_of", parse)
+    yield started
+    release.set()
+
+
+async def test_searches_whose_pages_cannot_be_parsed_in_time_return_their_snippets_by_the_deadline(stuck_parsing):
+    pages = {f"/{s}/{p}": Page(f"<p>stuck page {s}.{p} {MARKER}</p>".encode()) for s in range(4) for p in range(3)}
+    async with PageServer(pages) as site:
+        results = {f"q{s}": [organic(f"T{p}", site.url(f"/{s}/{p}"), f"{s}.{p} {MARKER}") for p in range(3)] for s in range(4)}
+        async with FakeSerper(results, api_key=KEY) as serper:
+            searches = (google_search(KEY, f"q{s}", top_k=3, timeout=1, snippet_only=False, endpoint=serper.endpoint,
+                                      **LOOPBACK_PAGES) for s in range(4))
+            # Generous: each search's deadline is 1 s; without one on parsing they never return.
+            answers = await asyncio.wait_for(asyncio.gather(*searches), 5)
+    assert answers == [[contents(f"T{p}", f"{s}.{p} {MARKER}") for p in range(3)] for s in range(4)]
+    assert sum(site.fetched.values()) == 12
+
+
+async def test_a_page_stuck_in_parsing_does_not_hold_back_the_pages_of_other_searches(stuck_parsing):
+    pages = {"/stuck": Page(f"<p>stuck {MARKER}</p>".encode()), "/fine": Page(f"<p>fine {MARKER}</p>".encode())}
+    async with PageServer(pages) as site:
+        results = {"a": [organic("A", site.url("/stuck"), MARKER)], "b": [organic("B", site.url("/fine"), MARKER)]}
+        async with FakeSerper(results, api_key=KEY) as serper:
+            search = {"top_k": 1, "timeout": 3, "snippet_only": False, "endpoint": serper.endpoint, **LOOPBACK_PAGES}
+            first = asyncio.ensure_future(google_search(KEY, "a", **search))
+            while not stuck_parsing.is_set():  # its page is being parsed
+                await asyncio.sleep(0.01)
+            assert await google_search(KEY, "b", **search) == [contents("B", f"fine {MARKER}")]  # parsed meanwhile
+            assert await first == [contents("A", MARKER)]
+
+
 def test_the_page_parsing_thread_ends_with_its_event_loop():
     """A loop that ends (asyncio.run, as in slime's fully async worker thread) leaves no parsing thread behind."""
 
@@ -286,6 +344,15 @@ def test_the_page_parsing_thread_ends_with_its_event_loop():
         ("100.100.100.200", False),  # Alibaba Cloud metadata (shared address space)
         ("fd00:ec2::254", False),  # AWS metadata over IPv6 (unique local)
         ("fe80::1%eth0", False), ("::ffff:127.0.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False), ("not an ip", False),
+        # NAT64 (64:ff9b::/96): judged by the IPv4 address it carries; DNS64 maps public sites into it.
+        ("64:ff9b::8.8.8.8", True), ("64:ff9b::10.0.0.1", False), ("64:ff9b::7f00:1", False),
+        ("64:ff9b::169.254.169.254", False), ("64:ff9b::100.100.100.200", False),
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215): the operator's own network
+        # 6to4 (2002::/16) and Teredo (2001::/32) tunnels carry IPv4 addresses: never fetched.
+        ("2002:a00:1::", False), ("2002:7f00:1::1", False), ("2002:a9fe:a9fe::", False), ("2002:808:808::", False),
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False),  # Teredo, client 10.0.0.1
+        ("::10.0.0.1", False), ("::8.8.8.8", False),  # IPv4-compatible (deprecated): not global unicast
+        ("100::1", False),  # discard-only
     ],
 )
 def test_only_global_unicast_addresses_are_allowed(address, allowed):

@@ -36,14 +36,14 @@ def config_file(tmp_path: Path, search_url: str, section: str = "search_r1") -> 
 async def test_a_wrong_token_fails_with_one_line_and_is_never_printed(tmp_path):
     async with FakeRetriever({preflight.PROBE_QUERY: []}, api_key=TOKEN) as retriever:
         config = config_file(tmp_path, retriever.search_url)
-        code, stdout, stderr = await run_preflight("--config", str(config), env={"RETRIEVAL_API_KEY": "not-the-token"})
+        code, stdout, stderr = await run_preflight("--config", str(config), env={"RETRIEVAL_API_KEY": "not-the-token-at-all"})
         missing = await run_preflight("--config", str(config))
 
     assert code == 1 and stdout == ""
     [line] = stderr.splitlines()
     assert line.startswith(f"retrieval server {retriever.search_url} failed a test search: ")
     assert "401" in line and "RETRIEVAL_API_KEY" in line
-    assert "not-the-token" not in line and TOKEN not in line
+    assert "not-the-token-at-all" not in line and TOKEN not in line
     assert missing[0] == 1 and "401" in missing[2] and len(missing[2].splitlines()) == 1
 
 

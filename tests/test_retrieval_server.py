@@ -66,6 +66,9 @@ def expected(dense_config):
     encoder = Encoder(dense_config.encoder_config())
     index = faiss.read_index(dense_config.index_path)
     scores, ids = index.search(encoder.encode(QUERIES, is_query=True), len(DOCS))
+    # Tests ask for up to 4 passages, one query at a time or several: the order of the top 5 must not
+    # depend on float noise (a query's scores move ~1e-8 with the batch it is encoded in on some CPUs).
+    assert (scores[:, :4] - scores[:, 1:5]).min() > 1e-4, "the tiny encoder (nearly) ties two passages"
     return {q: ([DOCS[i]["id"] for i in row], s.tolist()) for q, row, s in zip(QUERIES, ids, scores)}
 
 
@@ -88,6 +91,11 @@ def client(dense_config):
 
 def ids(docs: list[dict]) -> list[str]:
     return [d["id"] for d in docs]
+
+
+def without_scores(items: list[dict]) -> list[dict]:
+    """A result list with its scores taken out (scores are compared within a tolerance)."""
+    return [{key: value for key, value in item.items() if key != "score"} for item in items]
 
 
 def test_health_reports_what_is_loaded(client, dense_config):
@@ -220,7 +228,13 @@ def test_blank_queries_get_an_empty_list_and_the_others_exactly_their_own_passag
     alone = [ask([query])[0] for query in QUERIES[:2]]
     served = client.get("/health").json()["served"]["queries"]
     mixed = ask(["", QUERIES[0], " \t\n\u3000", QUERIES[1], "\u2003"])
-    assert mixed == [[], alone[0], [], alone[1], []]
+    assert [mixed[i] for i in (0, 2, 4)] == [[], [], []]
+    for own, items in zip(alone, mixed[1::2]):
+        # The same passages; a score may differ in its last bits, as a query encoded beside a longer
+        # one is padded and takes other kernel paths on some CPUs (seen ~1e-8 without AVX-512).
+        assert without_scores(items) == without_scores(own)
+        if return_scores:
+            assert [item["score"] for item in items] == pytest.approx([item["score"] for item in own], abs=1e-5)
     assert client.get("/health").json()["served"]["queries"] == served + 2  # the blank ones were not searched
     assert ask(["", "   "]) == [[], []]
 

@@ -33,10 +33,12 @@ from local_dense_retriever import http_limits
 from local_dense_retriever.api import NEAR_MISS_PATTERN
 from local_dense_retriever.app import create_app
 from local_dense_retriever.retrieval_server import build_parser, config_from_args
+from local_dense_retriever import server_config
 from local_dense_retriever.server_config import ServerConfig
+from search_r1_slime import settings as plugin_settings
 from tests.test_retrieval_server import QUERIES, dense_config, expected, ids, serve, wait_until_ready  # noqa: F401 (fixtures)
 
-TOKEN = "t0ken-for-tests"
+TOKEN = "t0ken-for-the-tests"
 BODY_TIMEOUT_S = 2.0
 HEADER_TIMEOUT_S = 1.0
 
@@ -95,9 +97,12 @@ def ready_server(config: ServerConfig) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                break
+            try:
+                connection.request("GET", "/health")
+                if connection.getresponse().status == 200:
+                    break
+            finally:
+                connection.close()
             time.sleep(0.02)
         yield url
 
@@ -218,10 +223,14 @@ def test_more_than_max_headers_get_431_and_the_limit_itself_is_served(server, li
     assert json.loads(answer) == {"detail": "the request has more than 100 headers (--max_headers)"}
 
 
-def test_a_head_trickled_a_byte_at_a_time_gets_408(server):
+@pytest.mark.parametrize("after_a_request", [False, True], ids=["first request", "later request on a kept-alive connection"])
+def test_a_head_trickled_a_byte_at_a_time_gets_408(server, after_a_request):
     # Each byte arrives well within the timeout: the deadline is for the whole head, not per read.
     address = urlsplit(server)
     with socket.create_connection((address.hostname, address.port), timeout=30) as slow:
+        if after_a_request:  # the deadline starts again with the next request's first byte
+            slow.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert read_response(slow)[0] == 200
         slow.sendall(b"POST /retrieve HTTP/1.1\r\nX-Slow: ")
         for _ in range(int(20 * HEADER_TIMEOUT_S / 0.05)):  # 20 timeouts' worth, unless answered
             if select.select([slow], [], [], 0.05)[0]:
@@ -240,23 +249,77 @@ def test_a_connection_that_sends_nothing_gets_408(server):
 
 
 def test_connections_beyond_the_limit_get_503_and_those_within_are_served(limited):
-    with ready_server(replace(limited, max_connections=3, header_timeout_s=30)) as url, contextlib.ExitStack() as stack:
+    config = replace(limited, max_connections=3, header_timeout_s=30)
+    refusal = {"detail": "3 connections are open, the most this server takes (--max_connections); retry shortly"}
+    # No health check waits for loading first: these are the server's only connections. Loading or
+    # ready (503 or 200), a health answer is a served connection; the refusal says so.
+    with serve(create_app(config), config) as url, contextlib.ExitStack() as stack:
         address = urlsplit(url)
-        served = 0
-        for _ in range(10):
+        answers = []
+        for _ in range(5):
             connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
             stack.callback(connection.close)
             connection.request("GET", "/health")  # kept open afterwards (keep-alive)
             response = connection.getresponse()
-            if response.status != 200:
+            answers.append((response.status, response.getheader("Retry-After"), response.getheader("Connection"),
+                            json.loads(response.read())))
+    assert [answer == (503, "1", "close", refusal) for answer in answers] == [False, False, False, True, True]
+
+
+def send_until_closed(sock: socket.socket, seconds: float) -> bool:
+    """Send a byte every 50 ms for ``seconds`` or until the server closes the connection: whether it did."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([sock], [], [], 0.05)[0]:
+            try:
+                return sock.recv(1) == b""
+            except ConnectionResetError:
+                return True
+        try:
+            sock.sendall(b" ")
+        except OSError:  # reset
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def guarded_server(limited) -> Iterator[str]:
+    with ready_server(replace(limited, api_key=TOKEN)) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [("POST /retrieve", 401), ("POST /nowhere", 404), ("PUT /retrieve", 405), ("GET /health", 200)],
+    ids=["no token", "no such path", "wrong method", "health with a body"],
+)
+def test_a_request_answered_before_its_body_is_read_ends_its_connection(guarded_server, request_line, status):
+    # A client that claims 100 MB and sends them a byte at a time: the app answers without reading
+    # the body, and nothing would ever bound the rest (each byte stopped the keep-alive timer).
+    address = urlsplit(guarded_server)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
+        sock.sendall(f"{request_line} HTTP/1.1\r\nHost: test\r\nContent-Length: 100000000\r\n\r\n{{".encode())
+        assert read_response(sock)[0] == status
+        assert send_until_closed(sock, BODY_TIMEOUT_S)
+
+
+def test_clients_trickling_bodies_nobody_reads_cannot_lock_real_clients_out(limited, expected):
+    # 1024 such clients against the default --max_connections 1024, in small: 3 against 3.
+    with ready_server(replace(limited, api_key=TOKEN, max_connections=3)) as url, contextlib.ExitStack() as stack:
+        address = urlsplit(url)
+        for _ in range(3):
+            sock = stack.enter_context(socket.create_connection((address.hostname, address.port), timeout=10))
+            sock.sendall(b"POST /retrieve HTTP/1.1\r\nHost: test\r\nContent-Length: 100000000\r\n\r\n{")
+            assert read_response(sock)[0] == 401
+            with contextlib.suppress(OSError):  # closed already
+                sock.sendall(b" ")  # and a byte now and then
+        deadline = time.monotonic() + BODY_TIMEOUT_S  # a refused one closes at once; retried while it does
+        while True:
+            status, answer = post(url, {"queries": [QUERIES[0]]}, {"Authorization": f"Bearer {TOKEN}"})
+            if status != 503 or time.monotonic() > deadline:
                 break
-            response.read()
-            served += 1
-        # The health checks that waited for loading may still hold a connection or two.
-        assert 1 <= served <= 3
-        assert (response.status, response.getheader("Retry-After"), response.getheader("Connection")) == (503, "1", "close")
-        assert json.loads(response.read()) == {
-            "detail": "3 connections are open, the most this server takes (--max_connections); retry shortly"}
+            time.sleep(0.05)
+    assert status == 200 and ids(answer["result"][0]) == expected[QUERIES[0]][0][:2]
 
 
 def test_a_body_of_exactly_the_limit_is_taken_and_one_byte_more_is_not(limited):
@@ -362,10 +425,12 @@ def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     def api_key(*flags: str) -> str | None:
         return config_from_args(build_parser().parse_args(["--index_path", "i", "--corpus_path", "c", *flags])).api_key
 
-    monkeypatch.setenv("RETRIEVAL_API_KEY", "from-env")
-    assert (api_key(), api_key("--api_key", "from-flag")) == ("from-env", "from-flag")
+    monkeypatch.setenv("RETRIEVAL_API_KEY", "token-from-the-env")
+    assert (api_key(), api_key("--api_key", "token-from-the-flag")) == ("token-from-the-env", "token-from-the-flag")
     monkeypatch.setenv("RETRIEVAL_API_KEY", "")
     assert api_key() is None
+    assert api_key("--api_key", "a-token-of-16chr") == "a-token-of-16chr"  # the shortest taken (15 is refused below)
+    assert server_config.MIN_KEY_CHARS == plugin_settings.MIN_KEY_CHARS == 16  # the clients take what the server takes
 
 
 @pytest.mark.parametrize(
@@ -373,6 +438,8 @@ def test_the_token_comes_from_the_flag_or_the_environment(monkeypatch):
     [
         ({"api_key": ""}, "--api_key (or RETRIEVAL_API_KEY) must be non-empty printable ASCII"),
         ({"api_key": "two words"}, "must be non-empty printable ASCII without spaces"),
+        ({"api_key": "a-token-of-15ch"}, "--api_key (or RETRIEVAL_API_KEY) is shorter than 16 characters, too short to be "
+                                          "a secret (value not shown)"),
         ({"max_topk": 2, "topk": 3}, "--topk (3) must be at most --max_topk (2)"),
         ({"max_body_bytes": 0}, "--max_body_bytes must be at least 1"),
         ({"body_timeout_s": 0}, "--body_timeout_s must be > 0"),

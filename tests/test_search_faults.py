@@ -217,7 +217,7 @@ async def test_a_wrong_token_fails_at_once_with_a_clear_message_and_is_never_log
     caplog.set_level(logging.DEBUG)
     monkeypatch.delenv("RETRIEVAL_API_KEY", raising=False)
     secret = "tok-0123456789abcdef"
-    async with FakeRetriever({"q": [doc("1", "T", "t")]}, api_key="the-right-token") as retriever:
+    async with FakeRetriever({"q": [doc("1", "T", "t")]}, api_key="the-right-token-0") as retriever:
         for api_key in (secret, None):
             with pytest.raises(RequestFailed, match=r"HTTP 401.*set search_r1\.local\.api_key or export RETRIEVAL_API_KEY") as info:
                 await local_search(retriever.search_url, "q", top_k=1, timeout=TIMEOUT, api_key=api_key)
@@ -228,11 +228,11 @@ async def test_a_wrong_token_fails_at_once_with_a_clear_message_and_is_never_log
 
 async def test_the_token_comes_from_the_config_or_the_environment(monkeypatch):
     corpus = {"q": [doc("1", "T", "t")], "r": [doc("2", "U", "u")]}
-    async with FakeRetriever(corpus, api_key="the-right-token") as retriever:
+    async with FakeRetriever(corpus, api_key="the-right-token-0") as retriever:
         monkeypatch.delenv("RETRIEVAL_API_KEY", raising=False)
-        assert await local_search(retriever.search_url, "q", top_k=1, api_key="the-right-token") == [
+        assert await local_search(retriever.search_url, "q", top_k=1, api_key="the-right-token-0") == [
             {"document": {"contents": '"T"\nt'}}
         ]
-        monkeypatch.setenv("RETRIEVAL_API_KEY", "the-right-token")
+        monkeypatch.setenv("RETRIEVAL_API_KEY", "the-right-token-0")
         assert await local_search(retriever.search_url, "r", top_k=1) == [{"document": {"contents": '"U"\nu'}}]
         assert retriever.refused == []

@@ -5,17 +5,20 @@ as a server that validates whole requests does."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 
 from generate_with_search import EMPTY_QUERY_TEXT, INFORMATION_HEAD, INFORMATION_TAIL, generate, passages_to_string
-from local_search_server import local_search
+from local_search_server import local_search, local_search_stats
 from search_r1_slime.http_client import RequestFailed, close_shared_session
 from search_r1_slime.rollout_metrics import rollout_metrics
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.sample import NewSample
 from tests.fakes.sglang import FakeSGLangGroup, Turn
+from tests.test_retrieval_server import DOCS, QUERIES, dense_config, expected  # noqa: F401 (fixtures)
+from tests.test_retrieval_server_limits import ready_server
 
 ANSWER = "<answer> done </answer>"
 GROUP = 8
@@ -96,6 +99,62 @@ async def test_a_query_the_server_refuses_fails_alone_and_the_others_get_their_d
     assert results == {q: documents(corpus, q, 2) for q in good}
     # One request with all seven, refused; then each query on its own.
     assert [len(body["queries"]) for body in retriever.requests] == [7] + [1] * 7
+
+
+async def test_a_topk_the_server_refuses_fails_the_whole_batch_in_one_request_with_its_message():
+    # Sent again one query per request, each would be refused the same way: 1 + N requests for nothing.
+    queries = [f"q{i}" for i in range(5)]
+    async with FakeRetriever(corpus_of(queries), max_topk=2) as retriever:
+        outcomes = await asyncio.gather(
+            *(local_search(retriever.search_url, q, top_k=3, timeout=5, batch_wait=0.05) for q in queries), return_exceptions=True
+        )
+    for outcome in outcomes:
+        assert isinstance(outcome, RequestFailed) and outcome.status == 422
+        assert '"loc": ["topk"], "msg": "Input should be less than or equal to 2"' in str(outcome)  # the server's words
+    assert [len(body["queries"]) for body in retriever.requests] == [5]
+
+
+async def test_our_server_refusing_one_query_fails_it_alone_and_refusing_topk_fails_the_batch_once(dense_config, expected):
+    config = replace(dense_config, max_topk=3)  # and --max_query_chars 100, the client's cap 4096
+    with ready_server(config) as base:
+        url, long_query = f"{base}/retrieve", "x" * 101
+        sent = local_search_stats().http_requests
+        outcomes = await asyncio.gather(
+            *(local_search(url, q, top_k=2, timeout=10, batch_wait=0.05) for q in [QUERIES[0], long_query, QUERIES[1]]),
+            return_exceptions=True,
+        )
+        assert [outcomes[0], outcomes[2]] == [passages(expected[q][0][:2]) for q in QUERIES[:2]]
+        assert isinstance(outcomes[1], RequestFailed) and outcomes[1].status == 422
+        assert "queries[0] has 101 characters; the limit is 100" in str(outcomes[1])  # sent alone
+        assert local_search_stats().http_requests - sent == 1 + 3
+        sent = local_search_stats().http_requests
+        outcomes = await asyncio.gather(
+            *(local_search(url, q, top_k=4, timeout=10, batch_wait=0.05) for q in QUERIES[:3]), return_exceptions=True
+        )
+        for outcome in outcomes:
+            assert isinstance(outcome, RequestFailed) and "Input should be less than or equal to 3" in str(outcome)
+        assert local_search_stats().http_requests - sent == 1
+
+
+def passages(ids: list[str]) -> list[dict]:
+    return [{"document": {"contents": DOCS[int(doc_id.removeprefix("doc"))]["contents"]}} for doc_id in ids]
+
+
+async def test_a_request_too_large_is_sent_again_one_query_per_request_and_each_answered():
+    queries = [f"question number {i} " + "x" * 60 for i in range(4)]
+    corpus = corpus_of(queries)
+    async with FakeRetriever(corpus, max_body_bytes=200) as retriever:  # one query fits, four do not
+        results = await asyncio.gather(*(local_search(retriever.search_url, q, top_k=2, timeout=5, batch_wait=0.05) for q in queries))
+    assert results == [documents(corpus, q, 2) for q in queries]
+    assert [len(body["queries"]) for body in retriever.requests] == [4, 1, 1, 1, 1]
+
+
+async def test_a_query_of_leading_spaces_past_max_query_chars_is_cut_after_them_not_sent_blank():
+    query = " " * 40 + "who wrote hamlet" + " " * 40
+    corpus = corpus_of(["who wrote hamlet"])
+    async with FakeRetriever(corpus, max_query_chars=30) as retriever:
+        assert await local_search(retriever.search_url, query, top_k=1, max_query_chars=30) == documents(corpus, "who wrote hamlet", 1)
+    assert retriever.queries_received == ["who wrote hamlet"]
 
 
 async def test_a_query_longer_than_max_query_chars_is_cut_and_answered():

@@ -24,6 +24,8 @@ from search_r1_slime.http_client import RequestFailed, close_shared_session
 from tests.fakes.loopback import LoopbackServer
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.secret import TOKEN, leaked
+from tests.fakes.serper import FakeSerper, organic
+from search_r1_slime import preflight
 
 # A server that echoes what it was sent, the way FastAPI and many proxies quote a bad header in a
 # JSON error, after enough text that a message cut at 200 characters ends inside the token.
@@ -86,6 +88,48 @@ async def test_a_server_echoing_the_key_gets_it_into_no_error_and_no_log(backend
         monkeypatch.setattr(http_client, "scrub", lambda text, secrets: text)
         error = await failed_search(backend, server)
         assert leaked(TOKEN, f"{error} {caplog.text}")
+
+
+FILM = "The studio's sixth film, released in 2024 by Example Pictures, opened in March."
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "released in 2024 by",  # a key that is also words of a passage
+        '{"result": [[{"document"',  # a key that is also the JSON of every answer
+    ],
+)
+async def test_a_key_that_is_also_in_the_answer_leaves_the_answer_whole(key):
+    # Keys are scrubbed from what messages show, never from the data: the model reads the passage as written.
+    async with FakeRetriever({"q": [doc("1", "Film", FILM)]}, api_key=key) as retriever:
+        assert await local_search(retriever.search_url, "q", top_k=1, timeout=5, api_key=key) == [
+            {"document": {"contents": f'"Film"\n{FILM}'}}]
+    async with FakeSerper({"q": [organic("Film", "http://127.0.0.1:9/", FILM)]}, api_key=key) as serper:
+        assert await google_search(key, "q", top_k=1, timeout=5, endpoint=serper.endpoint) == [
+            {"document": {"contents": f'"Film"\n{FILM}'}}]
+
+
+def test_a_key_too_short_to_be_a_secret_is_refused_wherever_it_comes_from(tmp_path, monkeypatch):
+    short, shortest = "x" * 15, "y" * 16
+    too_short = "shorter than 16 characters, too short to be a secret"
+    for section in ("local", "google"):
+        with pytest.raises(ConfigError) as info:
+            resolve_config(SimpleNamespace(search_r1={section: {"api_key": short}}))
+        assert str(info.value) == f"search_r1.{section}.api_key is {too_short} (value not shown)"
+        assert resolve_config(SimpleNamespace(search_r1={section: {"api_key": shortest}}))[section]["api_key"] == shortest
+    key_file = tmp_path / "short.key"
+    key_file.write_text(short + "\n")
+    with pytest.raises(ConfigError) as info:
+        resolve_config(SimpleNamespace(search_r1={"local": {"api_key_file": str(key_file)}}))
+    assert str(info.value) == (f"search_r1.local.api_key_file cannot be read as a key file (the key in it is {too_short}; "
+                               "the path is not shown, in case it is a key)")
+    monkeypatch.setenv("SERPER_API_KEY", short)
+    problems = preflight.search_problems({"search_backend": "google"})
+    assert problems == [f"SERPER_API_KEY holds a key {too_short} (value not shown)"]
+    assert short not in str(problems)
+    monkeypatch.setenv("SERPER_API_KEY", shortest)
+    assert preflight.search_problems({"search_backend": "google"}) == []
 
 
 async def test_a_key_file_keeps_the_key_out_of_the_args_slime_uploads(tmp_path):

@@ -13,7 +13,9 @@ started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up o
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
 Strict about queries, as a server that validates whole requests is (ours before per-query answers):
 a request holding one blank query, or one longer than ``max_query_chars``, is refused whole
-with 422.
+with 422, in the shape our server gives (``{"detail": [{"loc": ["queries"], "msg": "... queries[i] ..."}]}``).
+Like our server, a ``topk`` above ``max_topk`` gets a 422 about ``topk``, and a body larger than
+``max_body_bytes`` a 413 (these refused requests are in ``requests`` too).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class FakeRetriever(LoopbackServer):
         query_cost_s: float = 0.0,
         api_key: str | None = None,
         max_query_chars: int = 4096,
+        max_topk: int | None = None,
+        max_body_bytes: int | None = None,
     ):
         self.corpus = corpus
         self.requests: list[dict] = []
@@ -51,6 +55,8 @@ class FakeRetriever(LoopbackServer):
         self.query_cost_s = query_cost_s
         self.api_key = api_key
         self.max_query_chars = max_query_chars
+        self.max_topk = max_topk
+        self.max_body_bytes = max_body_bytes
         self.loading_until = 0.0
         self.retry_after = "0.2"
         self.refused: list[dict] = []  # bodies answered 503 (loading) or 401 (no token), not in ``requests``
@@ -88,9 +94,17 @@ class FakeRetriever(LoopbackServer):
                 return web.Response(status=status, text=f"injected {status}", headers=headers)
             else:
                 return web.Response(status=fault, text=f"injected {fault}")
+        size = len(await request.read())
+        if self.max_body_bytes is not None and size > self.max_body_bytes:
+            return web.json_response({"detail": f"the request body is {size} bytes; this server takes at most "
+                                                f"{self.max_body_bytes} (--max_body_bytes)"}, status=413)
+        if self.max_topk is not None and body.get("topk", 3) > self.max_topk:
+            detail = {"type": "less_than_equal", "loc": ["topk"], "msg": f"Input should be less than or equal to {self.max_topk}"}
+            return web.json_response({"detail": [detail]}, status=422)
         invalid = [i for i, q in enumerate(body["queries"]) if not q.strip() or len(q) > self.max_query_chars]
         if invalid:
-            return web.json_response({"detail": f"queries{invalid} are blank or too long"}, status=422)
+            detail = {"type": "value_error", "loc": ["queries"], "msg": f"Value error, queries{invalid} are blank or too long"}
+            return web.json_response({"detail": [detail]}, status=422)
         missing = [q for q in body["queries"] if q not in self.corpus]
         if missing:
             return web.Response(status=500, text=f"stand-in has no documents for queries {missing!r}")
