@@ -52,13 +52,32 @@ def check_file(flag: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{flag} {path}: " + ("is a directory, not a file" if Path(path).is_dir() else "no such file"))
 
 
-def check_output(flag: str, path: str | os.PathLike) -> None:
-    """``path`` can be written: its folder exists and is writable."""
-    folder = Path(path).absolute().parent
+def check_output(flag: str, path: str | os.PathLike, *, make_folders: bool = False) -> None:
+    """``path`` can be written: it is not a folder, and its folder exists (or, ``make_folders``, the
+    first of its folders that exists is one: the command creates the others) and is writable."""
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; name the file to write")
+    folder = target.parent
+    while make_folders and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():  # the failure is real for root too
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{flag} {path}: " + (f"the folder {folder}" if folder == target.parent else folder.as_posix()) + " is not writable")
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def check_model(flag: str, model: str) -> None:

@@ -57,6 +57,17 @@ def test_lines_without_contents_are_a_clear_error(tmp_path):
         CorpusStore(corpus)
 
 
+@pytest.mark.parametrize("name, opener", [("c.jsonl", open), ("c.jsonl.gz", gzip.open)])
+def test_a_broken_line_is_named_by_file_and_line_and_leaves_no_partial_copy(tmp_path, name, opener):
+    corpus = tmp_path / name
+    with opener(corpus, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in ROWS[:2]) + '{"id": "2", "contents": "x"\n' + json.dumps(ROWS[3]) + "\n")
+    with pytest.raises(ValueError) as error:
+        CorpusStore(corpus, tmp_path / "c.arrow")
+    assert str(error.value) == f"{corpus}:3: JSON parse error: Missing a comma or '}}' after an object member. (one JSON object a line expected)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --corpus_path"):
         CorpusStore(tmp_path / "nope.jsonl")
