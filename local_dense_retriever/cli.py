@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -65,8 +67,18 @@ def check_output(flag: str, path: str | os.PathLike, *, make_folders: bool = Fal
         raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
     if not folder.is_dir():
         raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+    if not _can_create_in(folder) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"{flag} {path}: " + (f"the folder {folder}" if folder == target.parent else folder.as_posix()) + " is not writable")
+
+
+def _can_create_in(folder: Path) -> bool:
+    # Tried, not read from the mode bits: root may write into a read-only folder, but not into
+    # /proc or onto a read-only mount. The file has no name (or is gone at once) when closed.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def positive_int(value: str) -> int:
@@ -80,7 +92,16 @@ def positive_int(value: str) -> int:
     return number
 
 
+# What the Hugging Face hub accepts as a model id: name or org/name, of letters, digits, "_", "." and "-".
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
 def check_model(flag: str, model: str) -> None:
-    """A model named by a path must exist (a hub id, org/name, is only looked up when it loads)."""
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+    """A model named by a path must be a folder (a hub id, org/name, is only looked up when it loads)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"{flag} {model}: is a file, not a model's folder")
+    if model.startswith(("/", "./", "../", "~")) or not _HUB_ID.fullmatch(model):
         raise ValueError(f"{flag} {model}: no such directory (a Hugging Face model is named org/name)")

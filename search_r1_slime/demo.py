@@ -110,7 +110,7 @@ def _int_in(low: int, high: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
+    p = ArgumentParser(prog="search-r1-demo", description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
     p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask")
     p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100")
     p.add_argument("--host", default="127.0.0.1", help="interface the server binds")

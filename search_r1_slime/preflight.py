@@ -26,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from local_dense_retriever.cli import ArgumentParser
+from local_dense_retriever.cli import ArgumentParser, check_file
 from search_r1_slime.settings import (
     RETRIEVAL_API_KEY_ENV, SECTION, SERPER_API_KEY_ENV, ConfigError, check_section_name, resolve_secret,
 )
@@ -43,6 +43,7 @@ def load_search_overrides(config_path: str | Path | None) -> Any:
     """
     if config_path is None:
         return {}
+    check_file("--config", config_path)
     import yaml  # slime's own dependency; only needed when a config file is given
 
     with open(config_path, encoding="utf-8") as f:
@@ -165,7 +166,7 @@ def _positive(value: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="search-r1-preflight", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", help="slime --custom-config-path YAML with a search_r1: mapping (default: the plugin's defaults)"
     )

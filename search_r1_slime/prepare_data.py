@@ -180,7 +180,7 @@ def _source_list(value: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="search-r1-prepare-data", description=__doc__.splitlines()[0])
     parser.add_argument("--local-dir", "--local_dir", required=True, type=Path, help="where the parquet files go")
     parser.add_argument(
         "--train-sources", "--data_sources", default=",".join(TRAIN_SOURCES), type=_source_list,

@@ -74,7 +74,7 @@ async def test_a_near_miss_of_the_search_r1_key_is_refused_naming_it(tmp_path, s
 async def test_a_missing_config_file_is_one_line(tmp_path):
     code, _, stderr = await run_preflight("--config", str(tmp_path / "nope.yaml"))
     assert code == 1
-    assert stderr.splitlines() == [f"cannot read the search configuration: [Errno 2] No such file or directory: '{tmp_path / 'nope.yaml'}'"]
+    assert stderr.splitlines() == [f"cannot read the search configuration: --config {tmp_path / 'nope.yaml'}: no such file"]
 
 
 async def test_invalid_yaml_is_one_line(tmp_path):
