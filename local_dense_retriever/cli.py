@@ -60,15 +60,33 @@ def check_output(flag: str, path: str | os.PathLike, *, make_folders: bool = Fal
     target = Path(path).absolute()
     if target.is_dir():
         raise ValueError(f"{flag} {path} is a directory; name the file to write")
-    folder = target.parent
-    while make_folders and not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if folder.exists() and not folder.is_dir():  # the failure is real for root too
-        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    folder = _existing_folder(flag, path, target.parent if make_folders else None)
     if not folder.is_dir():
-        raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
+        raise ValueError(f"{flag} {path}: the folder {target.parent} does not exist; create it first")
     if not _can_create_in(folder) or (target.exists() and not os.access(target, os.W_OK)):
         raise ValueError(f"{flag} {path}: " + (f"the folder {folder}" if folder == target.parent else folder.as_posix()) + " is not writable")
+
+
+def check_folder(flag: str, path: str | os.PathLike) -> None:
+    """``path`` is a folder, or one the command can create (the first of its folders that exists
+    is one and is writable)."""
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder")
+    folder = _existing_folder(flag, path, target)
+    if folder != target and not _can_create_in(folder):
+        raise ValueError(f"{flag} {path}: cannot create it, {folder} is not writable")
+
+
+def _existing_folder(flag: str, path: str | os.PathLike, start: Path | None) -> Path:
+    """The first of ``start`` and the folders above it that exists (``path``'s own folder when
+    ``start`` is None); ValueError when that is a file (a failure that is real for root too)."""
+    folder = start if start is not None else Path(path).absolute().parent
+    while start is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    return folder
 
 
 def _can_create_in(folder: Path) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import uvicorn
 
-from local_dense_retriever.cli import ArgumentParser
+from local_dense_retriever.cli import ArgumentParser, check_folder
 from local_dense_retriever.http_limits import uvicorn_config
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.retrieval_server import listen, port_number
@@ -101,7 +101,10 @@ async def run(config: ServerConfig, sock: socket.socket, *, host: str, query: st
 
 def _int_in(low: int, high: int):
     def parse(value: str) -> int:
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value!r}") from None
         if not low <= number <= high:
             raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {number}")
         return number
@@ -109,9 +112,16 @@ def _int_in(low: int, high: int):
     return parse
 
 
+def _question(value: str) -> str:
+    # The retriever answers a blank query with nothing: refused here, before the server starts.
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"ask a question, got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="search-r1-demo", description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
-    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask")
+    p.add_argument("--query", type=_question, default=DEFAULT_QUERY, help="the question to ask")
     p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100")
     p.add_argument("--host", default="127.0.0.1", help="interface the server binds")
     p.add_argument("--port", type=port_number, default=8000, help="port the server binds, 0 for any free one")
@@ -123,9 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
-    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        p.refuse(f"--data_dir {args.data_dir} is a file, not a directory")
     try:  # bound before the index is built: a busy port is one line at once, not after the build
+        check_folder("--data_dir", args.data_dir)
         sock = listen(args.host, args.port)
     except ValueError as exc:
         p.refuse(str(exc))

@@ -159,8 +159,11 @@ def ready_line(overrides: Any) -> str:
 
 
 def _positive(value: str) -> float:
-    number = float(value)
-    if not number > 0:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < number < float("inf"):  # NaN and infinity too
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return number
 

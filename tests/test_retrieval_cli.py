@@ -185,6 +185,7 @@ def test_index_builder_refuses_a_source_whose_vectors_cannot_be_read_back(files,
         (["--retriever_name", "minilm"], "--retriever_name minilm applies the other family's prefixes and pooling, but "
                                          "--retriever_model intfloat/e5-base-v2 is of the e5 family: pass --retriever_name e5"),
         (["--port", "70000"], "argument --port: a port is 0 to 65535, got 70000 (see --help)"),
+        (["--port", "http"], "argument --port: a port is a whole number from 0 to 65535, got 'http' (see --help)"),
         (["--topk", "0"], "--topk must be at least 1, got 0"),
         (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16') (see --help)"),
     ],
