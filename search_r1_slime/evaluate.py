@@ -130,7 +130,7 @@ async def evaluate_row(
 
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     sample = EvalSample(prompt=prompt, label=row["reward_model"])
-    sample = await generate(args, sample, dict(params))
+    sample = await generate(args, sample, dict(params), evaluation=True)
     metrics = sample.metadata.get("search_r1", {})
     golden_answers = row["reward_model"]["ground_truth"]["target"]
     # Only a model turn's answer counts: the invalid-action message the model may have been shown
@@ -437,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_response_len": cli.max_response_len, "trajectories": str(cli.output)}
     write_summary(summary, scores, cli.n_samples, len(failed), settings)
     samples = f" x {cli.n_samples} samples" if cli.n_samples > 1 else ""
-    print(f"Scores of {len(rows)} questions{samples} (trajectories in {cli.output}, summary in {summary});")
+    print(f"Scores of {len(rows)} question{'' if len(rows) == 1 else 's'}{samples} (trajectories in {cli.output}, summary in {summary});")
     print("Search-R1 rows: the paper's Qwen2.5-3B GRPO exact match, averaged over the same data sets.")
     print(format_table(scores, cli.n_samples))
     if failed:

@@ -189,7 +189,7 @@ async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_
         assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
 
     lines = stdout.decode().splitlines()
-    assert "Scores of 1 questions x 3 samples" in lines[0]
+    assert "Scores of 1 question x 3 samples" in lines[0]
     assert lines[4:9] == [
         "| EM mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
         "| F1 mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
@@ -290,6 +290,9 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
         )
 
     assert code == 1 and stdout == b""
+    # An evaluation has no loss: its log speaks of an evaluation sample.
+    assert stderr.decode().splitlines()[0] == (
+        f"ERROR generate_with_search: SGLang /generate failed; evaluation sample marked FAILED: {failed_error(output)}")
     assert stderr.decode().splitlines()[-1] == (
         f"ERROR: 1 of 1 trajectories failed: SGLang could not generate them (first error: {failed_error(output)}; "
         f"each failed record's 'error' in {output})"
