@@ -28,13 +28,15 @@ SERPER_API_KEY_ENV = "SERPER_API_KEY"
 
 def resolve_secret(configured: str | None, path: str | None, env: str) -> str | None:
     """The secret to use: the configured one, else the contents of the file ``path`` (surrounding
-    whitespace dropped), else the environment variable ``env``; None when none is set (an empty
-    variable counts as unset). Only the first two come from ``args``, which slime uploads to W&B."""
+    whitespace dropped), else the environment variable ``env``; None when none is set (an empty or
+    blank variable counts as unset: spaces are no secret, and scrubbing them from messages would
+    garble every one). Only the first two come from ``args``, which slime uploads to W&B."""
     if configured:
         return configured
     if path:
         return _read_secret_file(path) or None
-    return os.environ.get(env) or None
+    value = os.environ.get(env, "")
+    return value if value.strip() else None
 
 
 def _read_secret_file(path: str) -> str:

@@ -88,6 +88,15 @@ async def test_a_server_echoing_the_key_gets_it_into_no_error_and_no_log(backend
         assert leaked(TOKEN, f"{error} {caplog.text}")
 
 
+async def test_a_blank_key_in_the_environment_is_no_key_and_garbles_no_message(monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_API_KEY", " ")
+    async with EchoingServer() as server:
+        with pytest.raises(RequestFailed) as info:
+            await local_search(server.url("/retrieve"), "q", top_k=1, timeout=5, attempt_timeout=1)
+    assert "HTTP 401" in str(info.value) and PREAMBLE in str(info.value) and "<redacted>" not in str(info.value)
+    assert http_client.scrub("released in 2024, see above", [" ", "\t\n", ""]) == "released in 2024, see above"
+
+
 async def test_a_key_file_keeps_the_key_out_of_the_args_slime_uploads(tmp_path):
     # slime sets every top-level key of the --custom-config-path YAML on args
     # (slime/utils/arguments.py) and, with --use-wandb, uploads a deep copy of args.__dict__ as the
