@@ -399,12 +399,16 @@ async def _generate_turn(
     return output
 
 
-def _fail(sample: Any, exc: RequestFailed) -> None:
+def _fail(sample: Any, exc: RequestFailed, evaluation: bool) -> None:
     Status = type(sample).Status
     if not hasattr(Status, "FAILED"):
         raise RequestFailed(f"Search-R1 rollout cannot continue, SGLang /generate failed: {exc}", status=exc.status) from exc
-    # Newer slime: keep what was generated, mark the sample FAILED and keep it out of the loss.
-    logger.error("SGLang /generate failed; sample marked FAILED and removed from the loss: %s", exc)
+    # Newer slime: keep what was generated, mark the sample FAILED and keep it out of the loss
+    # (an evaluation has no loss: its failed sample is simply not a valid answer).
+    if evaluation:
+        logger.error("SGLang /generate failed; evaluation sample marked FAILED: %s", exc)
+    else:
+        logger.error("SGLang /generate failed; sample marked FAILED and removed from the loss: %s", exc)
     sample.status = Status.FAILED
     sample.remove_sample = True
     sample.metadata["search_r1"]["generate_error"] = str(exc)
@@ -445,7 +449,7 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
             try:
                 output = await _generate_turn(url, sample, request_params, remaining, headers, replay)
             except RequestFailed as exc:
-                _fail(sample, exc)
+                _fail(sample, exc, evaluation)
                 break
             meta = output["meta_info"]
             ids = [int(item[1]) for item in meta["output_token_logprobs"]]

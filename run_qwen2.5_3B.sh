@@ -14,8 +14,8 @@
 #                       (DATA_DIR/test_<source>.parquet from search-r1-prepare-data --per-source-test)
 #   EVAL_SOURCES        data sets evaluated      nq,triviaqa,popqa,hotpotqa,2wikimultihopqa,musique,bamboogle
 #   EVAL_INTERVAL       rollouts between two evaluations                 25
-#   NUM_GPUS            GPUs the Ray head offers                         8
-#   MASTER_ADDR         address the Ray head binds                       127.0.0.1
+#   NUM_GPUS            GPUs the Ray head offers (at least the 4 the recipe places)  8
+#   MASTER_ADDR         IP address the Ray head binds                    127.0.0.1
 #   RAY_DASHBOARD_PORT  Ray dashboard / job API port                     8265
 #   RAY_START_TIMEOUT   seconds to wait for a Ray head this script starts 120
 #   DRY_RUN             1/true/yes/on: run the checks, print the command, start and stop nothing
@@ -61,9 +61,13 @@ export PYTHONUNBUFFERED=1
 
 # ---------------------------------------------------------------------------------------------
 # Preflight: collect every problem first, so one run tells the user everything that is missing.
+# A problem of this machine (a missing checkout, a server down) is a warning under DRY_RUN; a
+# setting of this script that cannot work is refused in every mode, before anything is asked.
 # ---------------------------------------------------------------------------------------------
 PROBLEMS=()
 problem() { PROBLEMS+=("$1"); }
+SETTING_ERRORS=()
+setting_error() { SETTING_ERRORS+=("$1"); }
 
 MODEL_CONFIG="${SLIME_DIR}/scripts/models/qwen2.5-3B.sh"
 if [[ ! -f "${SLIME_DIR}/train.py" ]]; then
@@ -84,19 +88,37 @@ TRAIN_DATA="${DATA_DIR}/train.parquet"
 if [[ ! -f "${TRAIN_DATA}" ]]; then
    problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} (or set DATA_DIR)."
 fi
-for name in NUM_GPUS EVAL_INTERVAL RAY_DASHBOARD_PORT RAY_START_TIMEOUT; do
+for name in NUM_GPUS EVAL_INTERVAL RAY_START_TIMEOUT; do
    if [[ ! "${!name}" =~ ^[0-9]+$ ]] || ((10#${!name} == 0)); then
-      problem "${name}=${!name} must be a whole number above 0."
+      setting_error "${name}=${!name} must be a whole number above 0."
    fi
 done
+if [[ ! "${RAY_DASHBOARD_PORT}" =~ ^[0-9]{1,5}$ ]] || ((10#${RAY_DASHBOARD_PORT} == 0 || 10#${RAY_DASHBOARD_PORT} > 65535)); then
+   setting_error "RAY_DASHBOARD_PORT=${RAY_DASHBOARD_PORT} must be a port number from 1 to 65535."
+fi
+# `ray start --node-ip-address` takes an address; a host name fails only once Ray is starting.
+if ! python3 -c 'import ipaddress, sys; ipaddress.ip_address(sys.argv[1])' "${MASTER_ADDR}" 2>/dev/null; then
+   setting_error "MASTER_ADDR=${MASTER_ADDR} must be an IP address of this node (127.0.0.1 for one machine), not a host name."
+fi
 # Periodic evaluation: every data set on its own (slime logs eval/<source>, the eval-log hook adds
 # eval/<source>/search_r1/exact_match), on its first EVAL_PER_SOURCE rows so it stays cheap.
 EVAL_ARGS=()
 if [[ ! "${EVAL_PER_SOURCE}" =~ ^[0-9]+$ ]]; then
-   problem "EVAL_PER_SOURCE=${EVAL_PER_SOURCE} must be a number of rows per data set (0 turns evaluation off)."
+   setting_error "EVAL_PER_SOURCE=${EVAL_PER_SOURCE} must be a number of rows per data set (0 turns evaluation off)."
 elif ((EVAL_PER_SOURCE > 0)); then
    EVAL_ARGS=(--eval-interval "${EVAL_INTERVAL}" --eval-prompt-data)
-   IFS=',' read -r -a eval_sources <<<"${EVAL_SOURCES}"
+   # "nq, hotpotqa" means nq and hotpotqa: the spaces around each name are dropped.
+   eval_sources=()
+   IFS=',' read -r -a listed <<<"${EVAL_SOURCES}"
+   for source in "${listed[@]}"; do
+      source="${source#"${source%%[![:space:]]*}"}"
+      source="${source%"${source##*[![:space:]]}"}"
+      [[ -n "${source}" ]] && eval_sources+=("${source}")
+   done
+   if ((${#eval_sources[@]} == 0)); then
+      setting_error "EVAL_SOURCES='${EVAL_SOURCES}' names no data set: list them, comma-separated (e.g. nq,hotpotqa), or set EVAL_PER_SOURCE=0."
+   fi
+   EVAL_SOURCES="$(IFS=,; echo "${eval_sources[*]}")"
    for source in "${eval_sources[@]}"; do
       eval_file="${DATA_DIR}/test_${source}.parquet"
       if [[ ! -f "${eval_file}" ]]; then
@@ -247,11 +269,40 @@ TRAIN_ARGS=(
 
 config_paths=0
 use_wandb=0
+colocate=0
+declare -A gpu_flags=([--actor-num-nodes]=1 [--actor-num-gpus-per-node]=8 [--rollout-num-gpus]=0)  # slime's defaults
+previous=""
 for arg in "${TRAIN_ARGS[@]}"; do
    [[ "${arg}" == "--custom-config-path" ]] && config_paths=$((config_paths + 1))
    [[ "${arg}" == "--use-wandb" ]] && use_wandb=1
+   [[ "${arg}" == "--colocate" ]] && colocate=1
+   [[ -v "gpu_flags[${previous}]" ]] && gpu_flags["${previous}"]="${arg}"
+   previous="${arg}"
 done
-if [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
+# The GPUs slime's placement group asks Ray for: the actor's, and SGLang's beside them, or on the
+# same GPUs when colocated (slime/ray/placement_group.py).
+actor_gpus=$((gpu_flags[--actor-num-nodes] * gpu_flags[--actor-num-gpus-per-node]))
+rollout_gpus=${gpu_flags[--rollout-num-gpus]}
+if ((colocate)); then
+   needed_gpus=$((actor_gpus > rollout_gpus ? actor_gpus : rollout_gpus))
+   placement="the actor's ${actor_gpus} and SGLang's ${rollout_gpus} on the same GPUs (--colocate)"
+else
+   needed_gpus=$((actor_gpus + rollout_gpus))
+   placement="the actor's ${actor_gpus} beside SGLang's ${rollout_gpus}"
+fi
+if [[ "${NUM_GPUS}" =~ ^[0-9]+$ ]] && ((10#${NUM_GPUS} < needed_gpus)); then
+   setting_error "NUM_GPUS=${NUM_GPUS} but the training command asks Ray for ${needed_gpus} GPUs (${placement}): set NUM_GPUS to at least ${needed_gpus}, or change --actor-num-gpus-per-node and --rollout-num-gpus in this script."
+fi
+if ((${#SETTING_ERRORS[@]} > 0)); then
+   for e in "${SETTING_ERRORS[@]}"; do
+      echo "ERROR: ${e}" >&2
+   done
+   exit 1
+fi
+
+if [[ -n "${SEARCH_R1_CONFIG}" && -d "${SEARCH_R1_CONFIG}" ]]; then
+   problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} is a folder; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
+elif [[ -n "${SEARCH_R1_CONFIG}" && ! -f "${SEARCH_R1_CONFIG}" ]]; then
    problem "SEARCH_R1_CONFIG=${SEARCH_R1_CONFIG} does not exist; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."
 else
    # The plugin's own defaults plus the YAML decide the backend: the local retriever must answer
@@ -265,9 +316,15 @@ else
       SEARCH_PREFLIGHT+=(--use-wandb)
    fi
    if ! search_report="$(PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${SEARCH_PREFLIGHT[@]}" 2>&1)"; then
-      while IFS= read -r line; do
-         [[ -n "${line}" ]] && problem "${line}"
-      done <<<"${search_report}"
+      if [[ "${search_report}" == *"Traceback (most recent call last):"* ]]; then
+         # It could not run at all (typically: python3 is not the environment the plugin is
+         # installed in); its last line says why.
+         problem "the search preflight (${SEARCH_PREFLIGHT[*]}) could not run: ${search_report##*$'\n'}. Run this script where python3 has the plugin's requirements (pip install -e ${SCRIPT_DIR}), e.g. with its virtual environment activated."
+      else
+         while IFS= read -r line; do
+            [[ -n "${line}" ]] && problem "${line}"
+         done <<<"${search_report}"
+      fi
    fi
 fi
 if ! command -v ray >/dev/null 2>&1; then

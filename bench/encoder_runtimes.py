@@ -170,7 +170,7 @@ def span(values: list[float], fmt: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.encoder_runtimes", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--queries", type=int, default=2000, help="WordNet usage examples encoded per runtime and run")
     p.add_argument("--passages", type=int, default=50_000, help="WordNet synsets in the flat index")

@@ -109,7 +109,7 @@ class _Inline(concurrent.futures.Executor):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.page_parsing", description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=5)
     parser.add_argument("--kb", type=int, default=780)
     parser.add_argument("--rounds", type=int, default=5)

@@ -142,7 +142,7 @@ class RequestLog:
                 logging.DEBUG if scope["path"] == "/health" else logging.INFO,
                 "%s %s %s in %.1f ms%s%s",
                 scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000,
-                "" if queries is None else f", {queries} queries",
+                "" if queries is None else f", {queries} {'query' if queries == 1 else 'queries'}",
                 "" if client is None else f" (client {client[0]}:{client[1]})",
             )
 

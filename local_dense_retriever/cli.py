@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -95,16 +97,72 @@ def check_file(flag: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{flag} {path}: " + ("is a directory, not a file" if Path(path).is_dir() else "no such file"))
 
 
-def check_output(flag: str, path: str | os.PathLike) -> None:
-    """``path`` can be written: its folder exists and is writable."""
-    folder = Path(path).absolute().parent
+def check_output(flag: str, path: str | os.PathLike, *, make_folders: bool = False) -> None:
+    """``path`` can be written: it is not a folder, and its folder exists (or, ``make_folders``, the
+    first of its folders that exists is one: the command creates the others) and is writable."""
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; name the file to write")
+    folder = _existing_folder(flag, path, target.parent if make_folders else None)
     if not folder.is_dir():
-        raise ValueError(f"{flag} {path}: the folder {folder} does not exist; create it first")
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"{flag} {path}: the folder {folder} is not writable")
+        raise ValueError(f"{flag} {path}: the folder {target.parent} does not exist; create it first")
+    if not _can_create_in(folder) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ValueError(f"{flag} {path}: " + (f"the folder {folder}" if folder == target.parent else folder.as_posix()) + " is not writable")
+
+
+def check_folder(flag: str, path: str | os.PathLike) -> None:
+    """``path`` is a folder, or one the command can create (the first of its folders that exists
+    is one and is writable)."""
+    target = Path(path).absolute()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{flag} {path} is a file, not a folder")
+    folder = _existing_folder(flag, path, target)
+    if folder != target and not _can_create_in(folder):
+        raise ValueError(f"{flag} {path}: cannot create it, {folder} is not writable")
+
+
+def _existing_folder(flag: str, path: str | os.PathLike, start: Path | None) -> Path:
+    """The first of ``start`` and the folders above it that exists (``path``'s own folder when
+    ``start`` is None); ValueError when that is a file (a failure that is real for root too)."""
+    folder = start if start is not None else Path(path).absolute().parent
+    while start is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
+    return folder
+
+
+def _can_create_in(folder: Path) -> bool:
+    # Tried, not read from the mode bits: root may write into a read-only folder, but not into
+    # /proc or onto a read-only mount. The file has no name (or is gone at once) when closed.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def positive_int(value: str) -> int:
+    """argparse type of a count: a whole number of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+# What the Hugging Face hub accepts as a model id: name or org/name, of letters, digits, "_", "." and "-".
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def check_model(flag: str, model: str) -> None:
-    """A model named by a path must exist (a hub id, org/name, is only looked up when it loads)."""
-    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+    """A model named by a path must be a folder (a hub id, org/name, is only looked up when it loads)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"{flag} {model}: is a file, not a model's folder")
+    if model.startswith(("/", "./", "../", "~")) or not _HUB_ID.fullmatch(model):
         raise ValueError(f"{flag} {model}: no such directory (a Hugging Face model is named org/name)")

@@ -13,10 +13,13 @@ is rebuilt when they change, so an edited corpus never serves stale passages.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,10 +76,24 @@ def convert_jsonl(corpus_path: str | os.PathLike, arrow_path: str | os.PathLike,
     corpus_path, arrow_path = Path(corpus_path), Path(arrow_path)
     arrow_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = arrow_path.with_name(arrow_path.name + ".tmp")
+    try:
+        rows = _write_arrow(corpus_path, tmp_path, show_progress)
+    except BaseException:  # Ctrl-C or a broken line: no half-written copy is left behind
+        tmp_path.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_path, arrow_path)
+    logger.info("converted %s (%d passages) to %s", corpus_path, rows, arrow_path)
+    return arrow_path
+
+
+def _write_arrow(corpus_path: Path, tmp_path: Path, show_progress: bool | None) -> int:
     rows = 0
     with pa.OSFile(str(corpus_path), "rb") as raw:
         source = pa.CompressedInputStream(raw, "gzip") if corpus_path.suffix == ".gz" else raw
-        reader = pa_json.open_json(source, read_options=pa_json.ReadOptions(block_size=_READ_BLOCK_BYTES))
+        try:
+            reader = pa_json.open_json(source, read_options=pa_json.ReadOptions(block_size=_READ_BLOCK_BYTES))
+        except pa.ArrowInvalid as exc:
+            raise ValueError(_json_error(corpus_path, exc)) from None
         schema = reader.schema
         if schema.get_field_index("contents") < 0 or not pa.types.is_string(schema.field("contents").type):
             raise ValueError(
@@ -89,13 +106,32 @@ def convert_jsonl(corpus_path: str | os.PathLike, arrow_path: str | os.PathLike,
             pa.OSFile(str(tmp_path), "wb") as sink,
             ipc.new_file(sink, schema) as writer,
         ):
-            for batch in reader:
-                writer.write_batch(batch.replace_schema_metadata(schema.metadata))
-                rows += batch.num_rows
-                bar.update(raw.tell() - bar.n)
-    os.replace(tmp_path, arrow_path)
-    logger.info("converted %s (%d passages) to %s", corpus_path, rows, arrow_path)
-    return arrow_path
+            try:
+                for batch in reader:
+                    writer.write_batch(batch.replace_schema_metadata(schema.metadata))
+                    rows += batch.num_rows
+                    bar.update(raw.tell() - bar.n)
+            except pa.ArrowInvalid as exc:
+                raise ValueError(_json_error(corpus_path, exc)) from None
+    return rows
+
+
+def _json_error(corpus_path: Path, exc: pa.ArrowInvalid) -> str:
+    """Arrow's reason for refusing the corpus, with the file and the line it concerns.
+
+    Arrow counts rows within its read block, not the file: the line is found again by reading the
+    file up to the first line Python's json cannot parse (only ever on this error path).
+    """
+    reason = re.sub(r"\s+in row \d+$", "", str(exc).strip())
+    opener = gzip.open if corpus_path.suffix == ".gz" else open
+    with opener(corpus_path, "rt", encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError:
+                return f"{corpus_path}:{number}: {reason} (one JSON object a line expected)"
+    return f"{corpus_path}: {reason} (one JSON object a line expected)"
 
 
 def _hidden(show_progress: bool | None) -> bool | None:

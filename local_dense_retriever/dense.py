@@ -6,11 +6,14 @@ import logging
 import os
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 
-from local_dense_retriever.encoder import Encoder
 from local_dense_retriever.retriever import SearchResult
+
+if TYPE_CHECKING:  # torch: imported where an encoder is built, not by the index builder's --help
+    from local_dense_retriever.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 

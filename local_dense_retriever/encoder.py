@@ -22,7 +22,10 @@ logger = logging.getLogger(__name__)
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:  # torch lists every device type it knows, on many lines
+        raise ValueError(f"--device {device!r} is not a device torch knows: use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU; use --device cpu or auto")
     return resolved

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any, Literal
 
+from local_dense_retriever.cli import positive_int
+
 Pooling = Literal["mean", "cls", "pooler"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "pooler")
 # What the model computes in (see precision.choose_dtype): auto = fp16 on GPU, fp32 on CPU.
@@ -139,12 +141,12 @@ def add_encoder_arguments(parser: argparse.ArgumentParser, texts: str) -> None:
     defaults = EncoderConfig(model_path="")
     group = parser.add_argument_group("encoder")
     group.add_argument("--pooling", choices=POOLINGS, default=None, help="default: cls for BGE, mean otherwise")
-    group.add_argument("--max_length", type=int, default=defaults.max_length, help=f"token limit of {texts}")
+    group.add_argument("--max_length", type=positive_int, default=defaults.max_length, help=f"token limit of {texts}")
     group.add_argument("--device", default=defaults.device, help="auto (GPU if any), cpu, cuda, cuda:1...")
     group.add_argument("--precision", choices=PRECISIONS, default=defaults.precision,
                        help="auto: fp16 on GPU, fp32 on CPU; bf16: faster on CPUs with bf16 instructions, top 3 as fp32's for ~98%% of queries")
     group.add_argument("--fp16", type=_optional_bool, default=None, help="upstream's switch: true = --precision fp16, false = fp32 (default: unset, --precision decides)")
-    group.add_argument("--encode_chunk_size", type=int, default=defaults.chunk_size, help=f"{texts} per model call, grouped by length")
+    group.add_argument("--encode_chunk_size", type=positive_int, default=defaults.chunk_size, help=f"{texts} per model call, grouped by length")
 
 
 def encoder_config_from(options: Any) -> EncoderConfig:

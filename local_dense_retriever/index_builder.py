@@ -21,13 +21,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_file, check_model, check_output
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_file, check_model, check_output, positive_int
 from local_dense_retriever.encoder_config import add_encoder_arguments, encoder_config_from, resolve_retriever_name
 from local_dense_retriever.logs import setup_logging
 
@@ -36,6 +38,8 @@ with ExtraImports("retriever") as RETRIEVER:
 
     from local_dense_retriever.corpus import CorpusStore
     from local_dense_retriever.dense import faiss_reason, read_index
+
+if TYPE_CHECKING:  # torch and transformers (seconds) load only once the command line is checked
     from local_dense_retriever.encoder import Encoder
 
 logger = logging.getLogger(__name__)
@@ -150,9 +154,13 @@ def build_dense_index(
 ) -> Path:
     output_path = Path(output_path)
     embeddings_path = Path(embeddings_path) if embeddings_path else output_path.with_name(output_path.name + ".embeddings.npy")
-    embeddings = encode_corpus(corpus, encoder, embeddings_path, batch_size=batch_size, show_progress=show_progress)
-    index = index_embeddings(embeddings, factory, train_size=train_size, show_progress=show_progress)
-    write_index(index, output_path)
+    try:
+        embeddings = encode_corpus(corpus, encoder, embeddings_path, batch_size=batch_size, show_progress=show_progress)
+        index = index_embeddings(embeddings, factory, train_size=train_size, show_progress=show_progress)
+        write_index(index, output_path)
+    except BaseException:  # Ctrl-C or a failure: a half-written embeddings file is of no use to anyone
+        embeddings_path.unlink(missing_ok=True)
+        raise
     del embeddings
     if not keep_embeddings:
         embeddings_path.unlink()
@@ -168,6 +176,9 @@ def write_index(index: faiss.Index, output_path: Path) -> None:
     except RuntimeError as exc:  # e.g. the disk is full
         tmp_path.unlink(missing_ok=True)
         raise OSError(f"cannot write {output_path}: {faiss_reason(exc)}") from exc
+    except BaseException:  # Ctrl-C
+        tmp_path.unlink(missing_ok=True)
+        raise
     os.replace(tmp_path, output_path)
 
 
@@ -185,7 +196,10 @@ def convert_index(
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(description="Build a FAISS or BM25 index from a wiki-18 style JSONL corpus, or convert a flat index.")
+    p = ArgumentParser(
+        prog="python -m local_dense_retriever.index_builder",
+        description="Build a FAISS or BM25 index from a wiki-18 style JSONL corpus, or convert a flat index.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus_path", help="JSONL, one {\"id\", \"contents\"} object a line (optionally .gz)")
     source.add_argument("--from_index", help="a flat FAISS index (e.g. e5_Flat.index) to convert to --faiss_type without re-encoding")
@@ -195,10 +209,10 @@ def build_parser() -> ArgumentParser:
                         "default: the family --retriever_model's name shows, refused when it shows none")
     p.add_argument("--retriever_model", default="intfloat/e5-base-v2", help="Hugging Face model id or local directory")
     p.add_argument("--faiss_type", default="Flat", help='FAISS factory string: "Flat", "HNSW32", "IVF4096,Flat"...')
-    p.add_argument("--batch_size", type=int, default=256, help="passages read and written to the embeddings file at once")
+    p.add_argument("--batch_size", type=positive_int, default=256, help="passages read and written to the embeddings file at once")
     p.add_argument("--embeddings_path", default=None, help="where embeddings are streamed (default: next to the index)")
     p.add_argument("--keep_embeddings", action="store_true", help="keep the .npy embeddings to rebuild other index types")
-    p.add_argument("--train_size", type=int, default=1_000_000, help="vectors sampled to train IVF/PQ indexes")
+    p.add_argument("--train_size", type=positive_int, default=1_000_000, help="vectors sampled to train IVF/PQ indexes")
     p.add_argument("--corpus_arrow_path", default=None,
                    help="where the Arrow copy of the corpus lives (default: next to the JSONL, or in the user's cache "
                         "when that folder is read-only or inside this package)")
@@ -217,11 +231,21 @@ def check_args(args: argparse.Namespace) -> None:
         check_file("--corpus_path", args.corpus_path)
         if args.corpus_arrow_path is not None and not Path(args.corpus_arrow_path).is_file():
             check_output("--corpus_arrow_path", args.corpus_arrow_path)
-        if (args.retriever_name or "").lower() != "bm25":
+        if not is_bm25(args):
             check_model("--retriever_model", args.retriever_model)
             if args.embeddings_path is not None:
                 check_output("--embeddings_path", args.embeddings_path)
-    check_output("--output_path", args.output_path)
+    if is_bm25(args):  # a folder, new or existing
+        if Path(args.output_path).is_file():
+            raise ValueError(f"--output_path {args.output_path} is a file, but a BM25 index is a folder: name a folder")
+        if not Path(args.output_path).is_dir():
+            check_output("--output_path", args.output_path)
+    else:
+        check_output("--output_path", args.output_path)
+
+
+def is_bm25(args: argparse.Namespace) -> bool:
+    return args.corpus_path is not None and (args.retriever_name or "").lower() == "bm25"
 
 
 def run(args: argparse.Namespace) -> None:
@@ -234,12 +258,20 @@ def run(args: argparse.Namespace) -> None:
         new_index(args.faiss_type, source.d, source.metric_type, vectors=source.ntotal, train_size=args.train_size)
         convert_index(args.from_index, args.output_path, factory=args.faiss_type, train_size=args.train_size, show_progress=show_progress)
         return
-    if args.retriever_name.lower() == "bm25":
+    if is_bm25(args):
         from local_dense_retriever.bm25 import build_bm25_index
 
         corpus = CorpusStore(args.corpus_path, args.corpus_arrow_path, show_progress=show_progress)
-        build_bm25_index(corpus.contents(0, len(corpus)), args.output_path, show_progress=show_progress)
+        new_folder = not Path(args.output_path).exists()
+        try:
+            build_bm25_index(corpus.contents(0, len(corpus)), args.output_path, show_progress=show_progress)
+        except BaseException:  # Ctrl-C or a failure: no half-written index folder of ours is left behind
+            if new_folder:
+                shutil.rmtree(args.output_path, ignore_errors=True)
+            raise
         return
+    from local_dense_retriever.encoder import Encoder
+
     # The encoder (seconds) before the corpus (minutes for its first conversion to Arrow) and the
     # encoding (hours for wiki-18): the factory string is checked against its dimension first.
     encoder = Encoder(encoder_config_from(args))
@@ -271,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (ValueError, OSError) as exc:  # a user's mistake, or a model or disk problem: FAISS's or HF's reason, on one line
         parser.refuse(" ".join(str(exc).split()))
+    except KeyboardInterrupt:  # Ctrl-C: the partial files were removed on the way out (see build_dense_index)
+        parser.exit(130, f"{parser.prog}: interrupted; no index written, partial files removed\n")
     return 0
 
 

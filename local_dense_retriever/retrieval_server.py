@@ -37,7 +37,10 @@ API_KEY_ENV = "RETRIEVAL_API_KEY"
 
 
 def port_number(value: str) -> int:
-    port = int(value)
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, got {value!r}") from None
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0 to 65535, got {port}")
     return port
@@ -45,7 +48,10 @@ def port_number(value: str) -> int:
 
 def build_parser() -> ArgumentParser:
     defaults = ServerConfig(index_path="", corpus_path="")
-    p = ArgumentParser(description="Serve dense (FAISS) or BM25 retrieval over a wiki-18 style corpus.")
+    p = ArgumentParser(
+        prog="python -m local_dense_retriever.retrieval_server",
+        description="Serve dense (FAISS) or BM25 retrieval over a wiki-18 style corpus.",
+    )
     upstream = p.add_argument_group("upstream flags")
     upstream.add_argument("--index_path", required=True, help="FAISS index file (any type), or a BM25 index directory")
     upstream.add_argument("--corpus_path", required=True, help="corpus JSONL: one {\"id\", \"contents\"} object a line")

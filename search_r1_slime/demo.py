@@ -18,7 +18,7 @@ import os
 import socket
 from pathlib import Path
 
-from local_dense_retriever.cli import ArgumentParser, ExtraImports
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_folder
 from local_dense_retriever.logs import setup_logging
 from local_dense_retriever.retrieval_server import listen, port_number
 from local_dense_retriever.server_config import ServerConfig
@@ -102,7 +102,10 @@ async def run(config: ServerConfig, sock: socket.socket, *, host: str, query: st
 
 def _int_in(low: int, high: int):
     def parse(value: str) -> int:
-        number = int(value)
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {value!r}") from None
         if not low <= number <= high:
             raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {number}")
         return number
@@ -110,9 +113,16 @@ def _int_in(low: int, high: int):
     return parse
 
 
+def _question(value: str) -> str:
+    # The retriever answers a blank query with nothing: refused here, before the server starts.
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"ask a question, got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
-    p.add_argument("--query", default=DEFAULT_QUERY, help="the question to ask")
+    p = ArgumentParser(prog="search-r1-demo", description="Serve the demo corpus with the packaged MiniLM and ask it one question.")
+    p.add_argument("--query", type=_question, default=DEFAULT_QUERY, help="the question to ask")
     p.add_argument("--topk", type=_int_in(1, 100), default=3, help="passages to retrieve, 1 to 100")
     p.add_argument("--host", default="127.0.0.1", help="interface the server binds")
     p.add_argument("--port", type=port_number, default=8000, help="port the server binds, 0 for any free one")
@@ -125,9 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     DEMO.require(p)
-    if os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
-        p.refuse(f"--data_dir {args.data_dir} is a file, not a directory")
     try:  # bound before the index is built: a busy port is one line at once, not after the build
+        check_folder("--data_dir", args.data_dir)
         sock = listen(args.host, args.port)
     except ValueError as exc:
         p.refuse(str(exc))

@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from local_dense_retriever.cli import ArgumentParser, ExtraImports
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_model, check_output
 
 with ExtraImports("retriever") as RETRIEVER:
     import pyarrow as pa
@@ -132,7 +132,7 @@ async def evaluate_row(
 
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     sample = EvalSample(prompt=prompt, label=row["reward_model"])
-    sample = await generate(args, sample, dict(params))
+    sample = await generate(args, sample, dict(params), evaluation=True)
     metrics = sample.metadata.get("search_r1", {})
     golden_answers = row["reward_model"]["ground_truth"]["target"]
     # Only a model turn's answer counts: the invalid-action message the model may have been shown
@@ -294,12 +294,12 @@ def summary_path(output: Path) -> Path:
 
 
 def _sglang_address(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
     try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
         port = parts.port
-    except ValueError:  # a port out of range or not a number
-        port = None
-    if not parts.hostname or not port:
+    except ValueError:  # a port out of range or not a number, an unclosed [IPv6 address
+        parts, port = None, None
+    if parts is None or parts.scheme != "http" or not parts.hostname or not port:
         raise ValueError(f"--sglang-url must look like http://HOST:PORT, got {url!r}")
     return parts.hostname, port
 
@@ -320,12 +320,33 @@ def sglang_problem(host: str, port: int, timeout_s: float = 5.0) -> str | None:
         )
 
 
+def tokenizer_problem(hf_checkpoint: str, messages: list[dict[str, str]]) -> str | None:
+    """None when the checkpoint's tokenizer loads and its chat template renders ``messages`` (a
+    row's prompt), else why not."""
+    from generate_with_search import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(hf_checkpoint)
+    except (OSError, ValueError) as exc:
+        return f"cannot load the tokenizer of --hf-checkpoint {hf_checkpoint}: {_one_line(exc)}"
+    if not getattr(tokenizer, "chat_template", None):
+        return (
+            f"the tokenizer of --hf-checkpoint {hf_checkpoint} has no chat template, and every prompt is rendered "
+            "with it (as slime's --apply-chat-template does): use a checkpoint whose tokenizer_config.json has one"
+        )
+    try:
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # the template's own error (jinja2's, or transformers' ValueError): shown, not a traceback
+        return f"the chat template of --hf-checkpoint {hf_checkpoint} cannot render the prompts: {_one_line(exc)}"
+    return None
+
+
 def _one_line(text: str | None) -> str:
     return " ".join(str(text).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="search-r1-evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="test.parquet from search-r1-prepare-data")
     parser.add_argument("--hf-checkpoint", required=True, help="the served model's HF folder (its tokenizer is used)")
     parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address")
@@ -351,26 +372,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse("--max-concurrency, --max-response-len and --n-samples must be at least 1")
     if cli.limit is not None and cli.limit < 1:
         parser.refuse(f"--limit must be at least 1, got {cli.limit}")
-    if cli.temperature < 0 or not 0 < cli.top_p <= 1:
+    if not 0 <= cli.temperature < float("inf") or not 0 < cli.top_p <= 1:  # NaN fails both
         parser.refuse("--temperature must be at least 0 and --top-p above 0 and at most 1")
     if cli.n_samples > 1 and cli.temperature == 0:
         parser.refuse("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
     if cli.output.is_dir():
         parser.refuse(f"--output {cli.output} is a directory; name the JSONL file to write")
     try:
+        check_output("--output", cli.output, make_folders=True)  # and the summary beside it
         host, port = _sglang_address(cli.sglang_url)
     except ValueError as exc:
         parser.refuse(str(exc))
 
-    from generate_with_search import load_tokenizer, resolve_config
+    from generate_with_search import resolve_config
     from search_r1_slime.preflight import load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
-    # Every check before the first trajectory, cheap ones first; one line per problem.
+    # Every check before the first trajectory (and before the output is created), cheap ones
+    # first: the files, then the servers, then the tokenizer (transformers takes seconds to load).
+    # One line per problem.
     try:
         overrides = load_search_overrides(cli.config)
         resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
         rows = read_rows(cli.data, cli.limit)
+        check_model("--hf-checkpoint", cli.hf_checkpoint)
     except ConfigError as exc:
         problems = exc.problems
     except (OSError, ValueError) as exc:
@@ -378,14 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         problems = []
     if not problems:
-        try:
-            load_tokenizer(cli.hf_checkpoint)
-        except (OSError, ValueError) as exc:
-            problems = [f"cannot load the tokenizer of --hf-checkpoint {cli.hf_checkpoint}: {_one_line(exc)}"]
-    if not problems:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
         if not cli.skip_preflight:
             problems += search_problems(overrides)
+    if not problems:
+        problems = [p for p in [tokenizer_problem(cli.hf_checkpoint, rows[0]["prompt"])] if p is not None]
     if problems:
         for problem in problems:
             print(f"ERROR: {problem}", file=sys.stderr)
@@ -418,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                 "max_response_len": cli.max_response_len, "trajectories": str(cli.output)}
     write_summary(summary, scores, cli.n_samples, len(failed), settings)
     samples = f" x {cli.n_samples} samples" if cli.n_samples > 1 else ""
-    print(f"Scores of {len(rows)} questions{samples} (trajectories in {cli.output}, summary in {summary});")
+    print(f"Scores of {len(rows)} question{'' if len(rows) == 1 else 's'}{samples} (trajectories in {cli.output}, summary in {summary});")
     print("Search-R1 rows: the paper's Qwen2.5-3B GRPO exact match, averaged over the same data sets.")
     print(format_table(scores, cli.n_samples))
     if failed:

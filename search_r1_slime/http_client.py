@@ -222,7 +222,7 @@ def scrub(text: str, secrets: Collection[str]) -> str:
     would carry it (a server echoing a header in a JSON error escapes its quotes and backslashes).
     Call it on outside text that is shown, before anything cuts it."""
     for secret in secrets:
-        if secret:
+        if secret and secret.strip():  # a blank "secret" would put <redacted> between every two words
             for form in dict.fromkeys((secret, json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])):
                 text = text.replace(form, "<redacted>")
     return text

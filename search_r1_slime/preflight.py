@@ -33,7 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from local_dense_retriever.cli import ArgumentParser
+from local_dense_retriever.cli import ArgumentParser, check_file
 from search_r1_slime.settings import (
     RETRIEVAL_API_KEY_ENV, SECTION, SERPER_API_KEY_ENV, ConfigError, check_section_name, resolve_secret,
 )
@@ -56,6 +56,7 @@ def load_custom_config(config_path: str | Path | None) -> dict[str, Any]:
     ``args`` ({} without a file); raises as ``load_search_overrides``."""
     if config_path is None:
         return {}
+    check_file("--config", config_path)
     import yaml  # slime's own dependency; only needed when a config file is given
 
     with open(config_path, encoding="utf-8") as f:
@@ -178,14 +179,17 @@ def ready_line(overrides: Any) -> str:
 
 
 def _positive(value: str) -> float:
-    number = float(value)
-    if not number > 0:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not 0 < number < float("inf"):  # NaN and infinity too
         raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return number
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="search-r1-preflight", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", help="slime --custom-config-path YAML with a search_r1: mapping (default: the plugin's defaults)"
     )

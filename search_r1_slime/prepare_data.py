@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from local_dense_retriever.cli import ArgumentParser, ExtraImports
+from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_folder
 
 with ExtraImports("retriever") as RETRIEVER:
     import pyarrow as pa
@@ -135,25 +135,29 @@ def split_file(flashrag_dir: Path, data_source: str, preference: tuple[str, ...]
     raise FileNotFoundError(f"{folder} has no {wanted}: is '{data_source}' a FlashRAG dataset name?")
 
 
-def write_parquet(out_path: Path, flashrag_dir: Path, sources: list[str], split: str) -> int:
-    """Write one parquet of ``sources``; ``split`` is "train" or "test". Returns the row count."""
-    preference = ("train",) if split == "train" else TEST_SPLIT_PREFERENCE
-    files = [split_file(flashrag_dir, source, preference) for source in sources]  # fail before writing
+def read_source(flashrag_dir: Path, source: str, split: str) -> pa.Table:
+    """One dataset's rows for ``split`` ("train" or "test"); ValueError when its file holds none."""
+    path = split_file(flashrag_dir, source, ("train",) if split == "train" else TEST_SPLIT_PREFERENCE)
+    rows = [make_row(record, source, split, i) for i, record in enumerate(read_jsonl(path))]
+    if not rows:
+        raise ValueError(f"{path}: no records (one JSON object a line expected); is the download complete?")
+    logger.info("%s: %d rows from %s", source, len(rows), path)
+    return pa.Table.from_pylist(rows, schema=SCHEMA)
+
+
+def write_parquet(out_path: Path, tables: list[pa.Table]) -> int:
+    """Write ``tables`` one after the other into one parquet; returns the row count."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = out_path.with_suffix(".parquet.tmp")
-    total = 0
     try:
         with pq.ParquetWriter(tmp_path, SCHEMA) as writer:
-            for source, path in zip(sources, files):
-                rows = [make_row(record, source, split, i) for i, record in enumerate(read_jsonl(path))]
-                writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
-                logger.info("%s: %d rows from %s", out_path.name, len(rows), path)
-                total += len(rows)
+            for table in tables:
+                writer.write_table(table)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
     tmp_path.replace(out_path)  # never a half-written file under the final name
-    return total
+    return sum(len(table) for table in tables)
 
 
 def per_source_test_path(local_dir: Path, data_source: str) -> Path:
@@ -183,7 +187,7 @@ def _source_list(value: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="search-r1-prepare-data", description=__doc__.splitlines()[0])
     parser.add_argument("--local-dir", "--local_dir", required=True, type=Path, help="where the parquet files go")
     parser.add_argument(
         "--train-sources", "--data_sources", default=",".join(TRAIN_SOURCES), type=_source_list,
@@ -213,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse("--train-sources and --test-sources are both empty: nothing to write")
     if args.flashrag_dir is not None and not args.flashrag_dir.is_dir():
         parser.refuse(f"--flashrag-dir {args.flashrag_dir} is not a directory")
+    try:
+        check_folder("--local-dir", args.local_dir)
+    except ValueError as exc:
+        parser.refuse(str(exc))
     if args.no_progress:
         from huggingface_hub.utils import disable_progress_bars
 
@@ -232,17 +240,16 @@ def _prepare(args: argparse.Namespace) -> None:
     flashrag_dir = args.flashrag_dir
     if flashrag_dir is None:
         flashrag_dir = download_flashrag(sorted({*args.train_sources, *args.test_sources}), args.repo_id, args.revision)
-    for name, sources, split in (
-        ("train.parquet", args.train_sources, "train"),
-        ("test.parquet", args.test_sources, "test"),
-    ):
-        if sources:
-            rows = write_parquet(args.local_dir / name, flashrag_dir, sources, split)
-            logger.info("wrote %s: %d rows (%s)", args.local_dir / name, rows, ",".join(sources))
+    outputs = [(args.local_dir / "train.parquet", args.train_sources, "train"), (args.local_dir / "test.parquet", args.test_sources, "test")]
     if args.per_source_test:
-        for source in args.test_sources:
-            path = per_source_test_path(args.local_dir, source)
-            logger.info("wrote %s: %d rows", path, write_parquet(path, flashrag_dir, [source], "test"))
+        outputs += [(per_source_test_path(args.local_dir, source), [source], "test") for source in args.test_sources]
+    # Every source is read and checked before the first file is written: a mistake in the last
+    # one leaves nothing behind.
+    tables = {(source, split): read_source(flashrag_dir, source, split) for _, sources, split in outputs for source in sources}
+    for path, sources, split in outputs:
+        if sources:
+            rows = write_parquet(path, [tables[source, split] for source in sources])
+            logger.info("wrote %s: %d rows (%s)", path, rows, ",".join(sources))
 
 
 if __name__ == "__main__":

@@ -34,16 +34,19 @@ MIN_KEY_CHARS = 16
 
 def resolve_secret(configured: str | None, path: str | None, env: str) -> str | None:
     """The secret to use: the configured one, else the contents of the file ``path`` (surrounding
-    whitespace dropped), else the environment variable ``env``; None when none is set (an empty
-    variable counts as unset). Only the first two come from ``args``, which slime uploads to W&B.
+    whitespace dropped), else the environment variable ``env``; None when none is set (an empty or
+    blank variable counts as unset: spaces are no secret, and scrubbing them from messages would
+    garble every one). Only the first two come from ``args``, which slime uploads to W&B.
     Raises ``ConfigError`` for a key from ``env`` shorter than ``MIN_KEY_CHARS`` (the others are
     checked with the settings)."""
     if configured:
         return configured
     if path:
         return _read_secret_file(path) or None
-    secret = os.environ.get(env) or None
-    if secret is not None and len(secret) < MIN_KEY_CHARS:
+    secret = os.environ.get(env, "")
+    if not secret.strip():
+        return None
+    if len(secret) < MIN_KEY_CHARS:
         raise ConfigError([f"{env} holds a key {_TOO_SHORT} (value not shown)"])
     return secret
 

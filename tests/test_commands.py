@@ -47,7 +47,8 @@ def test_every_readme_command_answers_help(command):
     result = subprocess.run([*argv, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     usage, _, rest = result.stdout.partition("\n\n")
-    assert usage.startswith("usage: ")
+    # The name a user typed, not the module's file name (argparse's default for python -m).
+    assert usage.startswith(f"usage: {command if command.startswith('search-r1-') else 'python -m ' + command} ")
     assert rest.strip() and not rest.lstrip().startswith(("options:", "positional arguments:")), "no description"
 
 

@@ -189,7 +189,7 @@ async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_
         assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
 
     lines = stdout.decode().splitlines()
-    assert "Scores of 1 questions x 3 samples" in lines[0]
+    assert "Scores of 1 question x 3 samples" in lines[0]
     assert lines[4:9] == [
         "| EM mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
         "| F1 mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
@@ -290,6 +290,9 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
         )
 
     assert code == 1 and stdout == b""
+    # An evaluation has no loss: its log speaks of an evaluation sample.
+    assert stderr.decode().splitlines()[0] == (
+        f"ERROR generate_with_search: SGLang /generate failed; evaluation sample marked FAILED: {failed_error(output)}")
     assert stderr.decode().splitlines()[-1] == (
         f"ERROR: 1 of 1 trajectories failed: SGLang could not generate them (first error: {failed_error(output)}; "
         f"each failed record's 'error' in {output})"
@@ -301,8 +304,9 @@ async def test_an_evaluation_whose_every_trajectory_failed_prints_no_table_and_e
     ({"--data": "{tmp}/missing.parquet"}, "ERROR: --data {tmp}/missing.parquet is not a file: build test.parquet with search-r1-prepare-data"),
     ({"--data": "{tmp}"}, "ERROR: --data {tmp} is not a file: build test.parquet with search-r1-prepare-data"),
     ({"--data": "{tmp}/search.yaml"}, "ERROR: --data {tmp}/search.yaml is not a readable parquet file: "),
-    ({"--hf-checkpoint": "{tmp}/no-model"}, "ERROR: cannot load the tokenizer of --hf-checkpoint {tmp}/no-model: "),
-    ({"--config": "{tmp}/missing.yaml"}, "ERROR: [Errno 2] No such file or directory: '{tmp}/missing.yaml'"),
+    ({"--hf-checkpoint": "{tmp}/test.parquet"}, "ERROR: --hf-checkpoint {tmp}/test.parquet: is a file, not a model's folder"),
+    ({"--config": "{tmp}/missing.yaml"}, "ERROR: --config {tmp}/missing.yaml: no such file"),
+    ({"--config": "{tmp}"}, "ERROR: --config {tmp}: is a directory, not a file"),
     ({"--config": "{tmp}/hyphen.yaml"}, "ERROR: top-level key 'search-r1' is not read by the plugin: name it search_r1"),
     ({"--config": "{tmp}/typo.yaml", "--skip-preflight": None}, "ERROR: unknown search_r1 setting(s): max_turn."),
 ])
@@ -328,6 +332,10 @@ def test_a_wrong_input_is_one_line_and_exit_1(tokenizer_dir, tmp_path, capsys, f
     (["--top-p", "0"], "--top-p above 0 and at most 1"),
     (["--sglang-url", "http://127.0.0.1:99999"], "--sglang-url must look like http://HOST:PORT, got 'http://127.0.0.1:99999'"),
     (["--sglang-url", "localhost"], "--sglang-url must look like http://HOST:PORT, got 'localhost'"),
+    (["--sglang-url", "http://[::1"], "--sglang-url must look like http://HOST:PORT, got 'http://[::1'"),
+    (["--sglang-url", "ftp://127.0.0.1:30000"], "--sglang-url must look like http://HOST:PORT, got 'ftp://127.0.0.1:30000'"),
+    (["--temperature", "nan"], "--temperature must be at least 0"),
+    (["--output", "/proc/eval.jsonl"], "--output /proc/eval.jsonl: the folder /proc is not writable"),
     (["--output", "{tmp}"], "--output {tmp} is a directory; name the JSONL file to write"),
 ])
 def test_a_bad_flag_value_is_refused_by_the_command_line(tmp_path, capsys, flags, message):
@@ -336,3 +344,65 @@ def test_a_bad_flag_value_is_refused_by_the_command_line(tmp_path, capsys, flags
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_a_missing_checkpoint_folder_is_one_line_before_anything_loads(tmp_path, capsys, monkeypatch):
+    write_test_parquet(tmp_path / "test.parquet")
+    monkeypatch.setattr("generate_with_search.load_tokenizer", lambda path: pytest.fail("the tokenizer was loaded"))
+    monkeypatch.setattr(evaluate, "sglang_problem", lambda *args: pytest.fail("SGLang was asked"))
+    before = sorted(tmp_path.rglob("*"))
+
+    code = evaluate.main(["--data", str(tmp_path / "test.parquet"), "--hf-checkpoint", str(tmp_path / "no-model"),
+                          "--output", str(tmp_path / "out/eval.jsonl"), "--skip-preflight"])
+
+    assert code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"ERROR: --hf-checkpoint {tmp_path}/no-model: no such directory (a Hugging Face model is named org/name)"]
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_sglang_not_answering_is_found_before_the_tokenizer_loads(tokenizer_dir, tmp_path, capsys, monkeypatch):
+    write_test_parquet(tmp_path / "test.parquet")
+    monkeypatch.setattr("generate_with_search.load_tokenizer", lambda path: pytest.fail("the tokenizer was loaded"))
+    port = closed_port()
+
+    code = evaluate.main(["--data", str(tmp_path / "test.parquet"), "--hf-checkpoint", tokenizer_dir, "--skip-preflight",
+                          "--sglang-url", f"http://127.0.0.1:{port}", "--output", str(tmp_path / "eval.jsonl")])
+
+    assert code == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"ERROR: SGLang at http://127.0.0.1:{port} is not answering (")
+    assert not (tmp_path / "eval.jsonl").exists()
+
+
+async def test_a_tokenizer_without_a_chat_template_is_one_line_and_writes_nothing(tokenizer, tmp_path):
+    plain = tmp_path / "plain_tokenizer"
+    template, tokenizer.chat_template = tokenizer.chat_template, None
+    try:
+        tokenizer.save_pretrained(plain)
+    finally:
+        tokenizer.chat_template = template
+    write_test_parquet(tmp_path / "test.parquet")
+    output = tmp_path / "out.jsonl"
+    async with FakeSGLangPerPrompt(tokenizer, {}) as sglang:
+        code, stdout, stderr = await run_evaluate(
+            "--data", str(tmp_path / "test.parquet"), "--hf-checkpoint", str(plain), "--sglang-url", sglang.url(),
+            "--skip-preflight", "--output", str(output), "--no-progress",
+        )
+
+    assert code == 1 and stdout == b""
+    assert stderr.decode().splitlines() == [
+        f"ERROR: the tokenizer of --hf-checkpoint {plain} has no chat template, and every prompt is rendered with it "
+        "(as slime's --apply-chat-template does): use a checkpoint whose tokenizer_config.json has one"]
+    assert not output.exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_starts(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_:  # under a regular file: a failure for root too
+        evaluate.main(["--data", str(tmp_path / "x.parquet"), "--hf-checkpoint", str(tmp_path), "--output", str(tmp_path / "notes.txt/run1/eval.jsonl")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"search-r1-evaluate: error: --output {tmp_path}/notes.txt/run1/eval.jsonl: {tmp_path}/notes.txt is a file, not a folder"]
+    assert sorted(tmp_path.rglob("*")) == before

@@ -90,6 +90,31 @@ def test_the_corpus_conversion_shows_its_progress_unless_switched_off(tmp_path, 
     assert "converting corpus.jsonl to Arrow: 100%" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("stage", ["encoding", "writing"])
+def test_ctrl_c_is_one_line_and_leaves_no_partial_file(setup, tmp_path, capsys, monkeypatch, stage):
+    """Ctrl-C arrives as KeyboardInterrupt wherever Python is: while passages are encoded, or
+    while FAISS writes the index (after part of the file is on disk)."""
+    _, corpus, model = setup
+    if stage == "encoding":
+        encode = Encoder.encode
+        calls = iter(range(100))
+        monkeypatch.setattr(Encoder, "encode", lambda self, *a, **k: encode(self, *a, **k) if next(calls) < 1 else (_ for _ in ()).throw(KeyboardInterrupt))
+    else:
+        def write_part_then_interrupt(index, path):
+            open(path, "wb").write(b"partial")
+            raise KeyboardInterrupt
+        monkeypatch.setattr(faiss, "write_index", write_part_then_interrupt)
+    argv = ["--corpus_path", str(corpus), "--corpus_arrow_path", str(tmp_path / "c.arrow"), "--output_path", str(tmp_path / "x.index"),
+            "--retriever_model", model, "--retriever_name", "e5", "--batch_size", "5", "--keep_embeddings", "--no_progress"]
+    with pytest.raises(SystemExit) as exit_:
+        index_builder.main(argv)
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err  # after the model's loading bar
+    assert err.splitlines()[-1] == "python -m local_dense_retriever.index_builder: interrupted; no index written, partial files removed"
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.arrow"]  # the corpus's finished Arrow copy only
+
+
 def test_a_bad_factory_string_is_refused_before_the_corpus_is_read(setup, capsys, monkeypatch):
     monkeypatch.setattr(index_builder, "CorpusStore", lambda *args, **kwargs: pytest.fail("the corpus was read"))
     with pytest.raises(SystemExit) as exit_:

@@ -531,10 +531,70 @@ def test_a_near_miss_of_the_search_r1_key_stops_the_launch(world, tmp_path):
     assert ray_calls(env) == []
 
 
-@pytest.mark.parametrize("name, value", [("NUM_GPUS", "eight"), ("EVAL_INTERVAL", "0"), ("RAY_DASHBOARD_PORT", "82a5"), ("RAY_START_TIMEOUT", "-5")])
+@pytest.mark.parametrize("name, value", [("NUM_GPUS", "eight"), ("EVAL_INTERVAL", "0"), ("RAY_START_TIMEOUT", "-5")])
 def test_a_number_setting_that_is_not_a_number_stops_the_launch(world, name, value):
     _, env = world
     result = run(env, **{name: value})
     assert result.returncode == 1
     assert f"ERROR: {name}={value} must be a whole number above 0." in result.stderr.splitlines()
     assert ray_calls(env) == []
+
+
+# A setting that cannot work is refused with one line in every mode, a dry run included (where
+# the machine's problems are only warnings), before the preflight asks any server.
+@pytest.mark.parametrize("settings, line", [
+    ({"RAY_DASHBOARD_PORT": "abc"}, "RAY_DASHBOARD_PORT=abc must be a port number from 1 to 65535."),
+    ({"RAY_DASHBOARD_PORT": "99999"}, "RAY_DASHBOARD_PORT=99999 must be a port number from 1 to 65535."),
+    ({"RAY_DASHBOARD_PORT": "0"}, "RAY_DASHBOARD_PORT=0 must be a port number from 1 to 65535."),
+    ({"MASTER_ADDR": "not_an_ip"}, "MASTER_ADDR=not_an_ip must be an IP address of this node (127.0.0.1 for one machine), not a host name."),
+    ({"NUM_GPUS": "2"}, "NUM_GPUS=2 but the training command asks Ray for 4 GPUs (the actor's 4 and SGLang's 4 on the same GPUs "
+                        "(--colocate)): set NUM_GPUS to at least 4, or change --actor-num-gpus-per-node and --rollout-num-gpus in this script."),
+    ({"EVAL_PER_SOURCE": "100", "EVAL_SOURCES": " , "}, "EVAL_SOURCES=' , ' names no data set: list them, comma-separated "
+                                                          "(e.g. nq,hotpotqa), or set EVAL_PER_SOURCE=0."),
+])
+@pytest.mark.parametrize("dry_run", ["1", "0"])
+def test_a_setting_that_cannot_work_is_one_line_in_every_mode(world, settings, line, dry_run):
+    _, env = world
+    result = run(env, DRY_RUN=dry_run, **settings)
+    assert (result.returncode, result.stdout, result.stderr.splitlines()) == (1, "", [f"ERROR: {line}"])
+    assert ray_calls(env) == []
+
+
+def test_the_gpus_the_command_asks_for_are_enough(world):
+    _, env = world
+    result = run(env, DRY_RUN="1", NUM_GPUS="4")
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    train = printed_command(result.stdout)
+    assert (flag(train, "--actor-num-gpus-per-node"), flag(train, "--rollout-num-gpus")) == ("4", "4") and "--colocate" in train
+
+
+def test_spaces_around_the_evaluated_data_sets_are_dropped(world):
+    tmp, env = world
+    for source in ("nq", "hotpotqa"):
+        (tmp / f"data/test_{source}.parquet").write_bytes(b"")
+    result = run(env, DRY_RUN="1", EVAL_PER_SOURCE="10", EVAL_SOURCES=" nq, hotpotqa ,")
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    train = printed_command(result.stdout)
+    data = train.index("--eval-prompt-data")
+    assert train[data + 1 : data + 6] == [
+        "nq", f"{tmp}/data/test_nq.parquet@[0:10]", "hotpotqa", f"{tmp}/data/test_hotpotqa.parquet@[0:10]", "--eval-input-key"]
+
+
+def test_a_folder_as_search_config_is_called_a_folder(world):
+    tmp, env = world
+    result = run(env, DRY_RUN="1", SEARCH_R1_CONFIG=str(tmp))
+    assert [line for line in result.stderr.splitlines() if line.startswith("WARNING")] == [
+        f"WARNING: SEARCH_R1_CONFIG={tmp} is a folder; point it at a YAML file with a search_r1: mapping, or unset it to use the defaults."]
+
+
+def test_a_preflight_that_cannot_run_is_one_line(world):
+    """python3 outside the plugin's environment: -S leaves out every installed package."""
+    tmp, env = world
+    (tmp / "tools/python3").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -S "$@"\n')
+    result = run(env, DRY_RUN="1")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "Traceback" not in result.stderr, result.stderr
+    start = "WARNING: the search preflight (python3 -m search_r1_slime.preflight --config " + env["SEARCH_R1_CONFIG"] + ") could not run: ModuleNotFoundError: No module named '"
+    assert warnings[0].startswith(start), warnings[0]
+    assert warnings[0].endswith(f"'. Run this script where python3 has the plugin's requirements (pip install -e {REPO}), "
+                                "e.g. with its virtual environment activated.")

@@ -227,7 +227,23 @@ def test_a_broken_record_names_its_file_and_line_and_leaves_no_output(flashrag, 
     assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
                               "--train-sources", ""]) == 1
     assert error_lines(caplog) == [f"error: {flashrag}/bamboogle/test.jsonl:3: a FlashRAG record needs a non-empty 'question'"]
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_source_is_an_error_and_writes_nothing(flashrag, tmp_path, caplog):
+    (flashrag / "popqa/test.jsonl").write_text("\n")
+    assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag), "--per-source-test"]) == 1
+    assert error_lines(caplog) == [
+        f"error: {flashrag}/popqa/test.jsonl: no records (one JSON object a line expected); is the download complete?"]
+    assert not (tmp_path / "out").exists()  # neither train.parquet nor the test files of the sources before it
+
+
+def test_a_missing_source_of_the_second_file_writes_not_even_the_first(flashrag, tmp_path, caplog):
+    assert prepare_data.main(["--local-dir", str(tmp_path / "out"), "--flashrag-dir", str(flashrag),
+                              "--train-sources", "nq", "--test-sources", "nq,nqq"]) == 1
+    assert error_lines(caplog) == [
+        f"error: {flashrag}/nqq has no test.jsonl or dev.jsonl or train.jsonl: is 'nqq' a FlashRAG dataset name?"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
@@ -243,8 +259,12 @@ def test_without_hub_access_one_line_names_the_offline_option(tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--flashrag-dir", "{tmp}/nowhere"], "--flashrag-dir {tmp}/nowhere is not a directory"),
     (["--train-sources", "", "--test-sources", ""], "--train-sources and --test-sources are both empty: nothing to write"),
+    (["--local-dir", "{tmp}/notes.txt"], "--local-dir {tmp}/notes.txt is a file, not a folder"),
+    (["--local-dir", "{tmp}/notes.txt/data"], "--local-dir {tmp}/notes.txt/data: {tmp}/notes.txt is a file, not a folder"),
+    (["--local-dir", "/proc/data"], "--local-dir /proc/data: cannot create it, /proc is not writable"),
 ])
 def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, message):
+    (tmp_path / "notes.txt").write_text("")
     with pytest.raises(SystemExit) as exit_:
         prepare_data.main(["--local-dir", str(tmp_path / "out"), *[f.format(tmp=tmp_path) for f in flags]])
     assert exit_.value.code == 2

@@ -76,8 +76,9 @@ def nothing_loads(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("loaded before the command line was checked")
 
-    for name in ("Encoder", "CorpusStore", "convert_index"):
+    for name in ("CorpusStore", "convert_index"):
         monkeypatch.setattr(index_builder, name, forbidden)
+    monkeypatch.setattr("local_dense_retriever.encoder.Encoder", forbidden)  # imported by index_builder.run
     monkeypatch.setattr(retrieval_server, "serve", forbidden)
 
 
@@ -112,11 +113,53 @@ def nothing_loads(monkeypatch):
          "is of the e5 family: pass --retriever_name e5"),
         (["--output_path", "{d}/x.index"], "one of the arguments --corpus_path --from_index is required (see --help)"),
         (["--from_index", "{d}/flat.index", "--output_path", "{d}/x.index", "--train_size", "many"],
-         "argument --train_size: invalid int value: 'many' (see --help)"),
+         "argument --train_size: expected a whole number, got 'many' (see --help)"),
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/x.index", "--batch_size", "0"],
+         "argument --batch_size: must be at least 1, got 0 (see --help)"),
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/x.index", "--max_length", "0"],
+         "argument --max_length: must be at least 1, got 0 (see --help)"),
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/x.index", "--encode_chunk_size", "-1"],
+         "argument --encode_chunk_size: must be at least 1, got -1 (see --help)"),
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/all-MiniLM-L6-v2", "--retriever_name", "e5"],
+         "--output_path {d}/all-MiniLM-L6-v2 is a directory; name the file to write"),
+        (["--from_index", "{d}/flat.index", "--output_path", "{d}"], "--output_path {d} is a directory; name the file to write"),
+        # Under a regular file: refused for root too, unlike a read-only folder.
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/corpus.jsonl/x.index", "--retriever_name", "e5"],
+         "--output_path {d}/corpus.jsonl/x.index: {d}/corpus.jsonl is a file, not a folder"),
+        (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}/corpus.jsonl", "--retriever_name", "bm25"],
+         "--output_path {d}/corpus.jsonl is a file, but a BM25 index is a folder: name a folder"),
     ],
 )
 def test_index_builder_refuses_each_mistake_in_one_line_before_any_work(files, nothing_loads, capsys, argv, message):
+    before = sorted(files.rglob("*"))
     assert refusal(capsys, index_builder.main, [a.format(d=files) for a in argv]) == message.format(d=files)
+    assert sorted(files.rglob("*")) == before  # nothing written
+
+
+# In a process of its own, as a user runs it: whether torch was imported, then the exit status.
+_RUN_AND_REPORT_TORCH = """
+import runpy, sys
+sys.argv = ["index_builder", *sys.argv[1:]]
+try:
+    runpy.run_module("local_dense_retriever.index_builder", run_name="__main__")
+finally:
+    print("torch loaded" if "torch" in sys.modules else "torch not loaded")
+"""
+
+
+@pytest.mark.parametrize("argv, first_line, code", [
+    (["--help"], "usage: python -m local_dense_retriever.index_builder [-h]", 0),
+    (["--corpus_path", "c.jsonl", "--output_path", "x.index", "--batch_size", "0"],
+     "python -m local_dense_retriever.index_builder: error: argument --batch_size: must be at least 1, got 0 (see --help)", 2),
+    (["--corpus_path", "{d}/corpus.jsonl", "--output_path", "{d}", "--retriever_name", "e5"],
+     "python -m local_dense_retriever.index_builder: error: --output_path {d} is a directory; name the file to write", 2),
+])
+def test_help_and_mistakes_are_answered_before_torch_loads(files, argv, first_line, code):
+    result = subprocess.run([sys.executable, "-c", _RUN_AND_REPORT_TORCH, *[a.format(d=files) for a in argv]],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == code
+    assert (result.stderr or result.stdout).splitlines()[0] == first_line.format(d=files)
+    assert result.stdout.splitlines()[-1] == "torch not loaded"
 
 
 def test_index_builder_refuses_a_source_whose_vectors_cannot_be_read_back(files, capsys):
@@ -142,6 +185,8 @@ def test_index_builder_refuses_a_source_whose_vectors_cannot_be_read_back(files,
         (["--retriever_name", "minilm"], "--retriever_name minilm applies the other family's prefixes and pooling, but "
                                          "--retriever_model intfloat/e5-base-v2 is of the e5 family: pass --retriever_name e5"),
         (["--port", "70000"], "argument --port: a port is 0 to 65535, got 70000 (see --help)"),
+        (["--port", "http"], "argument --port: a port is a whole number from 0 to 65535, got 'http' (see --help)"),
+        (["--max_length", "0"], "argument --max_length: must be at least 1, got 0 (see --help)"),
         (["--topk", "0"], "--topk must be at least 1, got 0"),
         (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16') (see --help)"),
     ],

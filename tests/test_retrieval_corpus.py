@@ -5,10 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from local_dense_retriever.corpus import CorpusStore, default_arrow_path
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_jsonl(path, rows):
@@ -57,6 +63,17 @@ def test_lines_without_contents_are_a_clear_error(tmp_path):
         CorpusStore(corpus)
 
 
+@pytest.mark.parametrize("name, opener", [("c.jsonl", open), ("c.jsonl.gz", gzip.open)])
+def test_a_broken_line_is_named_by_file_and_line_and_leaves_no_partial_copy(tmp_path, name, opener):
+    corpus = tmp_path / name
+    with opener(corpus, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in ROWS[:2]) + '{"id": "2", "contents": "x"\n' + json.dumps(ROWS[3]) + "\n")
+    with pytest.raises(ValueError) as error:
+        CorpusStore(corpus, tmp_path / "c.arrow")
+    assert str(error.value) == f"{corpus}:3: JSON parse error: Missing a comma or '}}' after an object member. (one JSON object a line expected)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="pass --corpus_path"):
         CorpusStore(tmp_path / "nope.jsonl")
@@ -87,15 +104,26 @@ def test_without_xdg_cache_home_the_cache_is_under_the_home_folder(tmp_path, mon
     assert default_arrow_path(DEMO_CORPUS).parent == tmp_path / ".cache" / "search-r1-slime" / "corpora"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
-def test_a_corpus_in_a_read_only_folder_is_converted_into_the_users_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+def test_a_corpus_on_a_read_only_mount_is_converted_into_the_users_cache(tmp_path):
+    """A read-only folder cannot stop root (CI runs as root), a read-only mount does: the corpus's
+    folder is mounted read-only in a mount namespace of its own (a user namespace makes that
+    possible without privileges), where the store is opened."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare (util-linux) for a read-only mount")
     corpus = write_jsonl((tmp_path / "ro").mkdir() or tmp_path / "ro" / "c.jsonl", ROWS)
-    (tmp_path / "ro").chmod(0o555)
-    try:
-        assert CorpusStore(corpus).arrow_path.parent == tmp_path / "cache" / "search-r1-slime" / "corpora"
-    finally:
-        (tmp_path / "ro").chmod(0o755)
+    open_store = "import sys; from local_dense_retriever.corpus import CorpusStore; print(CorpusStore(sys.argv[1]).arrow_path)"
+    script = f'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && exec "$2" -c "$3" "$4"'
+    result = subprocess.run(
+        [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", tmp_path / "ro", sys.executable, open_store, corpus],
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )
+    if result.returncode != 0 and "Operation not permitted" in result.stderr and "Traceback" not in result.stderr:
+        pytest.skip(f"this machine allows no user and mount namespaces: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    arrow = Path(result.stdout.strip())
+    assert arrow.parent == tmp_path / "cache" / "search-r1-slime" / "corpora" and arrow.exists()
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == ["c.jsonl"]
 
 
 def test_the_conversion_shows_its_progress_unless_asked_not_to(tmp_path, capsys):

@@ -103,3 +103,26 @@ def test_a_busy_port_is_refused_in_one_line_before_the_index_is_built(tmp_path, 
     (line,) = capsys.readouterr().err.splitlines()
     assert line.endswith(f": error: cannot listen on 127.0.0.1:{port} (Address already in use); is another server "
                          "running there? pass another --port")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--query", ""], "argument --query: ask a question, got '' (see --help)"),
+    (["--query", "  \t"], "argument --query: ask a question, got '  \\t' (see --help)"),
+    (["--topk", "three"], "argument --topk: expected a whole number from 1 to 100, got 'three' (see --help)"),
+    (["--port", "http"], "argument --port: a port is a whole number from 0 to 65535, got 'http' (see --help)"),
+    (["--data_dir", "{tmp}/notes.txt"], "--data_dir {tmp}/notes.txt is a file, not a folder"),
+    (["--data_dir", "{tmp}/notes.txt/demo"], "--data_dir {tmp}/notes.txt/demo: {tmp}/notes.txt is a file, not a folder"),
+    (["--data_dir", "/proc/demo_data"], "--data_dir /proc/demo_data: cannot create it, /proc is not writable"),  # for root too
+])
+def test_a_wrong_input_is_one_line_before_the_server_starts(tmp_path, capsys, monkeypatch, argv, message):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the demo started")
+
+    monkeypatch.setattr(demo, "listen", forbidden)
+    monkeypatch.setattr(demo, "prepare", forbidden)
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SystemExit) as stop:
+        demo.main([*[a.format(tmp=tmp_path) for a in argv], "--port", "0"] if "--port" not in argv else argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"search-r1-demo: error: {message.format(tmp=tmp_path)}"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from local_dense_retriever import precision as precision_module
-from local_dense_retriever.encoder import Encoder
+from local_dense_retriever.encoder import Encoder, resolve_device
 from local_dense_retriever.encoder_config import BGE_QUERY_INSTRUCTION, EncoderConfig
 from local_dense_retriever.precision import choose_dtype
 from tests.fakes.encoders import make_tiny_bert
@@ -134,3 +134,9 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     assert choose_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
     assert "bf16 is emulated and slower than fp32" in caplog.text
+
+
+def test_a_device_torch_does_not_know_is_one_line():
+    with pytest.raises(ValueError) as error:
+        resolve_device("tpu")
+    assert str(error.value) == "--device 'tpu' is not a device torch knows: use auto, cpu, cuda or cuda:N"

@@ -383,6 +383,7 @@ def test_each_request_leaves_one_log_line_and_never_the_token(guarded, limited, 
     caplog.set_level(logging.INFO, logger="local_dense_retriever.app")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert guarded.post("/retrieve", json={"queries": QUERIES[:2], "topk": 1}, headers=auth).status_code == 200
+    assert guarded.post("/retrieve", json={"queries": QUERIES[:1], "topk": 1}, headers=auth).status_code == 200
     assert guarded.post("/retrieve", json={"queries": ["q"]}, headers={"Authorization": "Bearer wrong-guess"}).status_code == 401
     assert guarded.post("/retrieve", json={"queries": ["q"]}).status_code == 401
     assert guarded.post("/retrieve", json={"queries": ["q"], "top_k": 1}, headers=auth).status_code == 422
@@ -392,6 +393,7 @@ def test_each_request_leaves_one_log_line_and_never_the_token(guarded, limited, 
              if r.name == "local_dense_retriever.app" and r.levelno == logging.INFO]
     assert lines == [
         "POST /retrieve 200 in X ms, 2 queries (client testclient:50000)",
+        "POST /retrieve 200 in X ms, 1 query (client testclient:50000)",
         "POST /retrieve 401 in X ms (client testclient:50000)",
         "POST /retrieve 401 in X ms (client testclient:50000)",
         "POST /retrieve 422 in X ms (client testclient:50000)",

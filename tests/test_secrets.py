@@ -15,6 +15,7 @@ from aiohttp import web
 from fastapi.testclient import TestClient
 
 import search_r1_slime.http_client as http_client
+from search_r1_slime import preflight
 from generate_with_search import ConfigError, resolve_config
 from google_search_server import google_search
 from local_dense_retriever.app import create_app
@@ -25,7 +26,6 @@ from tests.fakes.loopback import LoopbackServer
 from tests.fakes.retriever import FakeRetriever, doc
 from tests.fakes.secret import TOKEN, leaked
 from tests.fakes.serper import FakeSerper, organic
-from search_r1_slime import preflight
 
 # A server that echoes what it was sent, the way FastAPI and many proxies quote a bad header in a
 # JSON error, after enough text that a message cut at 200 characters ends inside the token.
@@ -130,6 +130,15 @@ def test_a_key_too_short_to_be_a_secret_is_refused_wherever_it_comes_from(tmp_pa
     assert short not in str(problems)
     monkeypatch.setenv("SERPER_API_KEY", shortest)
     assert preflight.search_problems({"search_backend": "google"}) == []
+
+
+async def test_a_blank_key_in_the_environment_is_no_key_and_garbles_no_message(monkeypatch):
+    monkeypatch.setenv("RETRIEVAL_API_KEY", " ")
+    async with EchoingServer() as server:
+        with pytest.raises(RequestFailed) as info:
+            await local_search(server.url("/retrieve"), "q", top_k=1, timeout=5, attempt_timeout=1)
+    assert "HTTP 401" in str(info.value) and PREAMBLE in str(info.value) and "<redacted>" not in str(info.value)
+    assert http_client.scrub("released in 2024, see above", [" ", "\t\n", ""]) == "released in 2024, see above"
 
 
 async def test_a_key_file_keeps_the_key_out_of_the_args_slime_uploads(tmp_path):
