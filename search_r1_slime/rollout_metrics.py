@@ -111,7 +111,18 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
     matches = [m for m in map(_exact_match, traced) if m is not None]
     if matches:
         metrics["exact_match"] = sum(matches) / len(matches)
+    metrics.update(reward_metrics(traced))
     return {PREFIX + name: value for name, value in metrics.items()}
+
+
+def reward_metrics(samples: Sequence[Any]) -> dict[str, float]:
+    """``reward/<term>``: the mean of each reward term (``search_r1_slime.rewards``) over the
+    samples ``reward_func`` scored; a term is averaged over the samples that have it."""
+    terms: dict[str, list[float]] = {}
+    for sample in samples:
+        for name, value in (sample.metadata.get("search_r1_reward") or {}).items():
+            terms.setdefault(name, []).append(value)
+    return {f"reward/{name}": float(np.mean(values)) for name, values in terms.items()}
 
 
 def eval_metrics(data: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

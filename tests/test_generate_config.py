@@ -19,7 +19,7 @@ from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
 
 def test_defaults_keep_upstreams_keys_and_values():
     local, google = SEARCH_R1_CONFIGS["local"], SEARCH_R1_CONFIGS["google"]
-    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google")}
+    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge")}
     assert top == {
         "max_turns": 2,
         "topk": 3,
@@ -30,6 +30,14 @@ def test_defaults_keep_upstreams_keys_and_values():
         "search_backend": "local",
         "return_logprob": True,
         "format_score": 0.2,
+        # docs/rewards.md: today's reward (EM with format_score) unless set.
+        "final_format_score": 0.0,
+        "retrieval_score": 0.0,
+        "reward": "em",
+        "format_gate": False,
+        "format_penalty": 0.0,
+        "search_penalty": 0.0,
+        "invalid_action_penalty": 0.0,
     }
     # Backends may add tuning keys to their sub-dict (the cross-team contract); upstream's stay.
     assert {k: local[k] for k in ("search_url", "proxy")} == {"search_url": "http://127.0.0.1:8000/retrieve", "proxy": None}
@@ -225,7 +233,7 @@ def test_every_problem_is_reported_at_once():
     ]
 
 
-@pytest.mark.parametrize("section", ["local", "google"])
+@pytest.mark.parametrize("section", ["local", "google", "judge"])
 def test_a_bad_api_key_is_named_but_never_shown(section):
     with pytest.raises(ConfigError, match=rf"search_r1\.{section}\.api_key must be None or a non-empty string") as info:
         resolve_config(SimpleNamespace(search_r1={section: {"api_key": 1234567890}}))
