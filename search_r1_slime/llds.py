@@ -36,6 +36,7 @@ GATED_KEY = "llds_gated_frac"  # share of a response's actions the gate turned o
 NONNEG_FRAC_KEY = "llds_nonneg_frac"  # share of responses in the preserving set (advantage >= 0)
 NONNEG_LOGPROB_KEY = "llds_nonneg_logprob"  # old log-prob of advantage >= 0 tokens (the paper's signal)
 NEG_LOGPROB_KEY = "llds_neg_logprob"  # old log-prob of advantage < 0 tokens
+DISPLACEMENT_KEY = "llds_nonneg_displacement"  # old - current log-prob of advantage >= 0 tokens (> 0: fell)
 
 
 def settings(args: Any) -> LldsSettings:
@@ -102,6 +103,10 @@ def policy_loss_with_llds(args: Any, *call: Any) -> tuple[torch.Tensor, dict[str
         # A per-response value spread over its tokens: the reducer then averages it per response.
         spread = [torch.full_like(keep, frac) for keep, frac in zip(nonneg, gated_frac, strict=True)]
         metrics[GATED_KEY] = sum_of_sample_mean(torch.cat(spread)).detach()
+        # Likelihood displacement itself: how far this rollout's earlier optimizer steps moved the
+        # preserving set (0 on a rollout's first step).
+        displacement = old_cat - torch.cat(current).detach()
+        metrics[DISPLACEMENT_KEY] = sum_of_sample_mean(displacement * nonneg_cat).detach()
     metrics[NONNEG_FRAC_KEY] = sum_of_sample_mean(nonneg_cat).detach()
     metrics[NONNEG_LOGPROB_KEY] = sum_of_sample_mean(old_cat * nonneg_cat).detach()
     metrics[NEG_LOGPROB_KEY] = sum_of_sample_mean(old_cat * (1 - nonneg_cat)).detach()

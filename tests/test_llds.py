@@ -217,6 +217,8 @@ def test_the_term_and_its_gradient_follow_the_papers_definition(slime_loss, gate
     term, pulled = expected_term(responses, gate)
 
     assert term > 0
+    # Displacement of the preserving set, a mean per response: THREE_ACTIONS 0.35 / 7, ROSE -0.65 / 4.
+    assert metrics[llds.DISPLACEMENT_KEY] == pytest.approx(0.35 / 7 - 0.65 / 4, rel=1e-4)
     assert metrics[llds.LOSS_KEY] == pytest.approx(coef * term, rel=1e-5)
     assert float(ours - plain) == pytest.approx(coef * term, rel=1e-4)
     # The term's gradient reaches exactly the logits rows of gated tokens whose likelihood fell.
