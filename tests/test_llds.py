@@ -233,6 +233,17 @@ def test_the_term_and_its_gradient_follow_the_papers_definition(slime_loss, gate
         assert metrics[llds.GATED_KEY] == pytest.approx(1.0)
 
 
+def test_with_use_rollout_logprobs_the_displacement_is_against_the_rollout_log_probs(slime_loss):
+    # As slime's policy loss: old = rollout_log_probs; the recomputed log_probs (here off by 1) are not used.
+    responses = [THREE_ACTIONS, NEGATIVE, ROSE]
+    batch, logits = build(responses)
+    batch["rollout_log_probs"], batch["log_probs"] = batch["log_probs"], [lp - 1.0 for lp in batch["log_probs"]]
+    args = slime_args("custom_loss", coef=0.2)
+    args.use_rollout_logprobs = True
+    _, metrics = dispatch(slime_loss, args, batch, logits)
+    assert metrics[llds.LOSS_KEY] == pytest.approx(0.2 * expected_term(responses, "action")[0], rel=1e-5)
+
+
 @pytest.mark.parametrize("response", [NEGATIVE, ROSE], ids=["negative_advantage", "likelihood_rose"])
 def test_a_response_outside_the_gate_adds_nothing(slime_loss, response):
     plain, plain_grad, _ = loss_and_grad(slime_loss, slime_args("policy_loss"), [response])
