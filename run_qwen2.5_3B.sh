@@ -20,6 +20,8 @@
 #   RAY_START_TIMEOUT   seconds to wait for a Ray head this script starts 120
 #   DRY_RUN             1/true/yes/on: run the checks, print the command, start and stop nothing
 #                       (0/false/no/off or unset: launch)                0
+#   LLDS                1/true/yes/on: slime's policy loss plus the LLDS likelihood-preserving
+#                       term (docs/llds.md; search_r1.llds.coef/gate in SEARCH_R1_CONFIG)  0 (off)
 #   RETRIEVAL_API_KEY, SERPER_API_KEY
 #                       search keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
 #
@@ -46,15 +48,22 @@ MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
 RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_START_TIMEOUT="${RAY_START_TIMEOUT:-120}"
 DRY_RUN="${DRY_RUN:-0}"
+LLDS="${LLDS:-0}"
 # The usual spellings of a yes/no switch; anything else is a mistake, not a launch.
-case "${DRY_RUN,,}" in
-   1 | true | yes | on) DRY_RUN=1 ;;
-   0 | false | no | off | "") DRY_RUN=0 ;;
-   *)
-      echo "ERROR: DRY_RUN=${DRY_RUN} is not a yes/no value: use 1, true, yes or on for a dry run, 0, false, no or off (or unset) to launch." >&2
-      exit 1
-      ;;
-esac
+# yes_no NAME WHAT_YES WHAT_NO sets the variable NAME to 1 or 0.
+yes_no() {
+   local name="$1"
+   case "${!name,,}" in
+      1 | true | yes | on) printf -v "${name}" 1 ;;
+      0 | false | no | off | "") printf -v "${name}" 0 ;;
+      *)
+         echo "ERROR: ${name}=${!name} is not a yes/no value: use 1, true, yes or on $2, 0, false, no or off (or unset) $3." >&2
+         exit 1
+         ;;
+   esac
+}
+yes_no DRY_RUN "for a dry run" "to launch"
+yes_no LLDS "to add the LLDS term to the loss" "for slime's policy loss alone"
 
 # Keeps Ray from buffering the trainer's stdout/stderr.
 export PYTHONUNBUFFERED=1
@@ -248,6 +257,11 @@ CUSTOM_ARGS=(
 if [[ -n "${SEARCH_R1_CONFIG}" ]]; then
    CUSTOM_ARGS+=(--custom-config-path "${SEARCH_R1_CONFIG}")
 fi
+if [[ "${LLDS}" == "1" ]]; then
+   # slime's own policy loss (every GRPO_ARGS option still applies) plus the LLDS term; its
+   # coefficient and gate are search_r1.llds.coef/gate (defaults: the paper's 0.2, action gate).
+   CUSTOM_ARGS+=(--loss-type custom_loss --custom-loss-function-path search_r1_slime.llds.policy_loss_with_llds)
+fi
 
 TRAIN_ARGS=(
    --actor-num-nodes 1
@@ -271,12 +285,14 @@ config_paths=0
 use_wandb=0
 colocate=0
 declare -A gpu_flags=([--actor-num-nodes]=1 [--actor-num-gpus-per-node]=8 [--rollout-num-gpus]=0)  # slime's defaults
+context_parallel=1
 previous=""
 for arg in "${TRAIN_ARGS[@]}"; do
    [[ "${arg}" == "--custom-config-path" ]] && config_paths=$((config_paths + 1))
    [[ "${arg}" == "--use-wandb" ]] && use_wandb=1
    [[ "${arg}" == "--colocate" ]] && colocate=1
    [[ -v "gpu_flags[${previous}]" ]] && gpu_flags["${previous}"]="${arg}"
+   [[ "${previous}" == "--context-parallel-size" ]] && context_parallel="${arg}"
    previous="${arg}"
 done
 # The GPUs slime's placement group asks Ray for: the actor's, and SGLang's beside them, or on the
@@ -292,6 +308,11 @@ else
 fi
 if [[ "${NUM_GPUS}" =~ ^[0-9]+$ ]] && ((10#${NUM_GPUS} < needed_gpus)); then
    setting_error "NUM_GPUS=${NUM_GPUS} but the training command asks Ray for ${needed_gpus} GPUs (${placement}): set NUM_GPUS to at least ${needed_gpus}, or change --actor-num-gpus-per-node and --rollout-num-gpus in this script."
+fi
+# The LLDS term sums each action's displacement, which context parallelism splits across ranks;
+# the loss refuses it too, but only once the model is loaded and the first rollout is done.
+if [[ "${LLDS}" == "1" && "${context_parallel}" != "1" ]]; then
+   setting_error "LLDS=1 needs --context-parallel-size 1 (PERF_ARGS has ${context_parallel}): the LLDS term gates whole actions, which context parallelism splits across ranks."
 fi
 if ((${#SETTING_ERRORS[@]} > 0)); then
    for e in "${SETTING_ERRORS[@]}"; do

@@ -267,6 +267,15 @@ class JudgeSettings(_KeyedSection):
         return self
 
 
+# ---- LLDS (search_r1_slime/llds.py, docs/llds.md) ----
+class LldsSettings(_Section):
+    """``search_r1.llds``: the likelihood-preserving term that ``search_r1_slime.llds.policy_loss_with_llds``
+    adds to slime's policy loss; read only when slime's ``--loss-type custom_loss`` points at it."""
+
+    coef: float = Field(0.2, ge=0)  # the paper's scripts use 0.2; 0: slime's policy loss exactly, signals still logged
+    gate: Literal["action", "response"] = "action"  # the paper's A-gate (one run of loss_mask) or R-gate
+
+
 class SearchR1Config(_Section):
     """``search_r1``: the whole plugin configuration."""
 
@@ -296,6 +305,7 @@ class SearchR1Config(_Section):
     search_penalty: float = Field(0.0, ge=0)  # subtracted per search run
     invalid_action_penalty: float = Field(0.0, ge=0)  # subtracted per invalid action
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    llds: LldsSettings = Field(default_factory=LldsSettings)
 
     @model_validator(mode="after")
     def _batch_wait_fits_the_timeout(self) -> SearchR1Config:

@@ -598,3 +598,39 @@ def test_a_preflight_that_cannot_run_is_one_line(world):
     assert warnings[0].startswith(start), warnings[0]
     assert warnings[0].endswith(f"'. Run this script where python3 has the plugin's requirements (pip install -e {REPO}), "
                                 "e.g. with its virtual environment activated.")
+
+
+def test_llds_adds_the_custom_loss_flags_and_is_off_by_default(world):
+    _, env = world
+    assert "--loss-type" not in printed_command(run(env, DRY_RUN="1").stdout)
+
+    result = run(env, DRY_RUN="1", LLDS="yes")
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    train = printed_command(result.stdout)
+    assert flag(train, "--loss-type") == "custom_loss"
+    assert load_function(flag(train, "--custom-loss-function-path")).__name__ == "policy_loss_with_llds"
+    assert flag(train, "--custom-config-path") == env["SEARCH_R1_CONFIG"]  # where search_r1.llds lives
+
+    bad = run(env, LLDS="maybe")
+    assert bad.returncode == 1 and ray_calls(env) == []
+    assert bad.stderr.splitlines() == [
+        "ERROR: LLDS=maybe is not a yes/no value: use 1, true, yes or on to add the LLDS term to the loss, "
+        "0, false, no or off (or unset) for slime's policy loss alone."
+    ]
+
+
+def test_llds_with_context_parallelism_stops_the_launch(world, tmp_path):
+    _, env = world
+    script = tmp_path / "run_cp.sh"
+    text = SCRIPT.read_text()
+    assert "   --context-parallel-size 1\n" in text
+    script.write_text(text.replace("   --context-parallel-size 1\n", "   --context-parallel-size 2\n"))
+    shutil.copytree(REPO / "search_r1_slime", tmp_path / "search_r1_slime")
+
+    assert run(env, script=script, DRY_RUN="1").stderr == ""  # without LLDS, context parallelism is fine
+    result = run(env, script=script, LLDS="1")
+    assert result.returncode == 1 and ray_calls(env) == []
+    assert (
+        "ERROR: LLDS=1 needs --context-parallel-size 1 (PERF_ARGS has 2): the LLDS term gates whole actions, "
+        "which context parallelism splits across ranks."
+    ) in result.stderr.splitlines()
