@@ -329,9 +329,11 @@ try:
             scaling = deployment.get("autoscaling_config")
             replicas, what = (int(scaling.get("max_replicas", 1)), "max_replicas") if scaling else (int(deployment.get("num_replicas", 1)), "num_replicas")
             total += replicas * gpus
-            parts.append(f"{deployment.get(\"name\")}: {what} {replicas} x num_gpus {gpus:g}")
+            name = deployment.get("name")
+            parts.append(f"{name}: {what} {replicas} x num_gpus {gpus:g}")
 except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
-    sys.exit(f"SERVE_CONFIG={sys.argv[1]} is not a Serve config this script can read: {\" \".join(str(exc).split())}")
+    reason = " ".join(str(exc).split())
+    sys.exit(f"SERVE_CONFIG={sys.argv[1]} is not a Serve config this script can read: {reason}")
 if not apps:
     sys.exit(f"SERVE_CONFIG={sys.argv[1]} has no applications: list the retrieval server under applications:")
 print(f"{total:g}", "; ".join(parts) or "no deployment settings")
@@ -505,8 +507,13 @@ serve_state() {
    serve status --address "${RAY_JOB_ADDRESS}" | python3 -c '
 import sys, yaml
 apps = (yaml.safe_load(sys.stdin) or {}).get("applications") or {}
-failed = [f"{name}: {app.get(\"status\")}: {\" \".join(str(app.get(\"message\") or \"\").split())[:2000]}" for name, app in apps.items() if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY")]
-waiting = [f"{name} {app.get(\"status\")}" for name, app in apps.items() if app.get("status") != "RUNNING"]
+failed, waiting = [], []
+for name, app in apps.items():
+    status, why = app.get("status"), " ".join(str(app.get("message") or "").split())[:2000]
+    if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        failed.append(f"{name}: {status}: {why}")
+    elif status != "RUNNING":
+        waiting.append(f"{name} {status}")
 if not apps:
     print("NONE")
 elif failed:
