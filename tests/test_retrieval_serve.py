@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -240,3 +241,31 @@ def _index_pages_of_replicas(index_path: str) -> dict[int, tuple[int, int]]:
                 if mapping.path == os.path.realpath(index_path):
                     found[process.info["pid"]] = (mapping.rss, mapping.pss)
     return found
+
+
+def test_the_repository_serve_config_is_valid_for_serve_and_for_the_server():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    repo = Path(__file__).resolve().parent.parent
+    config = ServeDeploySchema.model_validate(yaml.safe_load((repo / "serve_retrieval.yaml").read_text()))
+    (app,) = config.applications
+    assert app.import_path == "local_dense_retriever.serve_app:build" and app.route_prefix == "/"
+    server = server_config(app.args)
+    assert (server.retriever_name, server.topk, server.faiss_gpu) == ("e5", 3, True)
+    (deployment,) = app.deployments
+    assert deployment.name == DEPLOYMENT_NAME
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "top_k": 3},
+     "unknown retrieval server setting(s) in args: top_k; known: api_key, body_timeout_s,"),
+    ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "max_connections": 10},
+     "max_connections: limits of the standalone server's own HTTP front; under Serve its proxy receives the requests"),
+    ({"corpus_path": "/c"}, "args needs index_path (an absolute path, the same on every node that runs a replica)"),
+    ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "topk": 0}, "--topk must be at least 1, got 0"),
+])
+def test_a_wrong_setting_in_the_serve_config_is_named(args, message):
+    with pytest.raises(ValueError) as refused:
+        server_config(args)
+    assert str(refused.value).startswith(message)
