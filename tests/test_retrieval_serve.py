@@ -33,9 +33,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from local_dense_retriever.serve_app import DEPLOYMENT_NAME, RetrievalDeployment, server_config
 
+REPO = Path(__file__).resolve().parent.parent
 APP = "retrieval"
 # Generous: on a shared 2-core machine Ray's start and a replica's model load can take minutes.
 STARTUP_TIMEOUT_S = 600
+# The first test also starts the cluster (pytest-timeout counts fixtures' setup).
+pytestmark = pytest.mark.timeout(2 * STARTUP_TIMEOUT_S)
 # Scores of the same query encoded alone or in a batch differ in the last bits.
 SCORE_TOLERANCE = 1e-4
 QUESTIONS = [
@@ -82,8 +85,8 @@ def standalone(config):
 def cluster():
     """One local Ray cluster (no dashboard) with Serve's proxy on a free loopback port; its URL."""
     # The replicas import this checkout (its folder on PYTHONPATH), as the test process does.
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}})
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
     try:
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -247,8 +250,7 @@ def test_the_repository_serve_config_is_valid_for_serve_and_for_the_server():
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    repo = Path(__file__).resolve().parent.parent
-    config = ServeDeploySchema.model_validate(yaml.safe_load((repo / "serve_retrieval.yaml").read_text()))
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "serve_retrieval.yaml").read_text()))
     (app,) = config.applications
     assert app.import_path == "local_dense_retriever.serve_app:build" and app.route_prefix == "/"
     server = server_config(app.args)
