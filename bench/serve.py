@@ -38,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,21 +142,15 @@ def wait_ready(base: str, timeout_s: float) -> None:
 
 
 def replicas_running() -> int:
-    from ray import serve
+    from local_dense_retriever.serve_app import running_replicas
 
-    from local_dense_retriever.serve_app import DEPLOYMENT_NAME
-
-    app = serve.status().applications.get(APP)
-    if app is None or DEPLOYMENT_NAME not in app.deployments:
-        return 0
-    return app.deployments[DEPLOYMENT_NAME].replica_states.get("RUNNING", 0)
+    return running_replicas(APP)
 
 
 def replica_names() -> set[str]:
-    import ray
+    from local_dense_retriever.serve_app import replica_actor_names
 
-    prefix = f"SERVE_REPLICA::{APP}#"
-    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)}
+    return replica_actor_names(APP)
 
 
 def deploy(config, args: argparse.Namespace, **options) -> None:
@@ -275,13 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray import serve
 
-    from local_dense_retriever.serve_app import server_config
+    from local_dense_retriever.serve_app import config_args, server_config
     from search_r1_slime import demo
 
-    config = demo.prepare(WORK, show_progress=False)
-    config = server_config({name: value for name, value in asdict(config).items() if value is not None
-                            and name not in ("max_header_bytes", "max_headers", "header_timeout_s", "max_connections")}
-                           | {"request_log": False})
+    config = server_config(config_args(demo.prepare(WORK, show_progress=False)) | {"request_log": False})
     rows: dict[str, dict] = {}
 
     port = free_port()

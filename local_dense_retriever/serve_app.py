@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI
@@ -107,3 +108,24 @@ class RetrievalDeployment:
 def build(args: dict[str, Any]) -> Application:
     """The application builder of ``import_path: local_dense_retriever.serve_app:build``."""
     return RetrievalDeployment.bind(server_config(args))
+
+
+def config_args(config: ServerConfig) -> dict[str, Any]:
+    """The ``args:`` mapping that ``server_config`` turns back into ``config`` (unset values left out)."""
+    return {name: value for name, value in asdict(config).items() if value is not None and name not in _PROXY_SETTINGS}
+
+
+def running_replicas(app_name: str) -> int:
+    """How many replicas of the application's retrieval deployment run (Serve's own count)."""
+    app = serve.status().applications.get(app_name)
+    if app is None or DEPLOYMENT_NAME not in app.deployments:
+        return 0
+    return app.deployments[DEPLOYMENT_NAME].replica_states.get("RUNNING", 0)
+
+
+def replica_actor_names(app_name: str) -> set[str]:
+    """The Ray actor names of the deployment's replicas (namespace "serve"), e.g. for ``ray.kill``."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app_name}#{DEPLOYMENT_NAME}#"
+    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith(prefix)}

@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,8 @@ except ImportError:  # pragma: no cover - depends on the environment
                     pytrace=False)
     pytest.skip("ray[serve] is not installed (pip install -e '.[serve]')", allow_module_level=True)
 
-from local_dense_retriever.serve_app import DEPLOYMENT_NAME, RetrievalDeployment, server_config
+from local_dense_retriever import serve_app
+from local_dense_retriever.serve_app import DEPLOYMENT_NAME, RetrievalDeployment, config_args, server_config
 
 REPO = Path(__file__).resolve().parent.parent
 APP = "retrieval"
@@ -98,23 +98,17 @@ def cluster():
 
 def deploy(config, replicas: int) -> None:
     """(Re)deploy the app with ``replicas`` replicas of one CPU each; returns once all are running."""
-    args = {name: value for name, value in asdict(config).items() if value is not None
-            and name not in ("max_header_bytes", "max_headers", "header_timeout_s", "max_connections")}
     deployment = RetrievalDeployment.options(num_replicas=replicas, ray_actor_options={"num_cpus": 1})
-    serve.run(deployment.bind(server_config(args)), name=APP, route_prefix="/")
+    serve.run(deployment.bind(server_config(config_args(config))), name=APP, route_prefix="/")
     _wait_for(lambda: running_replicas() == replicas, f"{replicas} running replicas")
 
 
 def running_replicas() -> int:
-    app = serve.status().applications.get(APP)
-    if app is None or DEPLOYMENT_NAME not in app.deployments:
-        return 0
-    return app.deployments[DEPLOYMENT_NAME].replica_states.get("RUNNING", 0)
+    return serve_app.running_replicas(APP)
 
 
 def replica_actor_names() -> set[str]:
-    prefix = f"SERVE_REPLICA::{APP}#{DEPLOYMENT_NAME}#"
-    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if actor["name"].startswith(prefix)}
+    return serve_app.replica_actor_names(APP)
 
 
 def same_ranking(got: list[dict], expected: list[dict]) -> bool:
@@ -267,6 +261,10 @@ def test_the_repository_serve_config_is_valid_for_serve_and_for_the_server():
     ({"corpus_path": "/c"}, "args needs index_path (an absolute path, the same on every node that runs a replica)"),
     ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "topk": 0}, "--topk must be at least 1, got 0"),
 ])
+def test_a_config_round_trips_through_the_serve_args(config):
+    assert server_config(config_args(config)) == config
+
+
 def test_a_wrong_setting_in_the_serve_config_is_named(args, message):
     with pytest.raises(ValueError) as refused:
         server_config(args)
