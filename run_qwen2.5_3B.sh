@@ -351,7 +351,8 @@ print(f"{total:g}", "; ".join(parts) or "no deployment settings")
       problem "serve is not on PATH: install Ray Serve (pip install -e '.[serve]', or pip install 'ray[serve]') in this environment."
    fi
 fi
-if [[ "${NUM_GPUS}" =~ ^[0-9]+$ ]] && ((TRAIN_GPUS + SERVE_GPUS > 10#${NUM_GPUS})); then
+# (Only checked for a retriever this script deploys: the standalone default is left as it was.)
+if [[ "${RETRIEVER}" == serve && "${NUM_GPUS}" =~ ^[0-9]+$ ]] && ((TRAIN_GPUS + SERVE_GPUS > 10#${NUM_GPUS})); then
    problem "the training needs ${TRAIN_GPUS} GPUs (${TRAIN_GPUS_WHY}) and the retrieval replicas up to ${SERVE_GPUS} (${SERVE_GPUS_WHY}), more than the ${NUM_GPUS} of NUM_GPUS: lower max_replicas or num_gpus in SERVE_CONFIG, or raise NUM_GPUS."
 fi
 gpu_arithmetic() {
