@@ -22,6 +22,11 @@
 #                       (0/false/no/off or unset: launch)                0
 #   LLDS                1/true/yes/on: slime's policy loss plus the LLDS likelihood-preserving
 #                       term (docs/llds.md; search_r1.llds.coef/gate in SEARCH_R1_CONFIG)  0 (off)
+#   RETRIEVER           standalone: the retrieval servers search_r1.local.search_url names, started by you
+#                       serve: deploy SERVE_CONFIG into the Ray cluster before the job, remove it after
+#                       (docs/serve.md)                                  standalone
+#   SERVE_CONFIG        Ray Serve config of the retrieval server         serve_retrieval.yaml (beside this script)
+#   SERVE_START_TIMEOUT seconds to wait for its replicas to load and run 1800
 #   RETRIEVAL_API_KEY, SERPER_API_KEY
 #                       search keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
 #
@@ -49,6 +54,9 @@ RAY_DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 RAY_START_TIMEOUT="${RAY_START_TIMEOUT:-120}"
 DRY_RUN="${DRY_RUN:-0}"
 LLDS="${LLDS:-0}"
+RETRIEVER="${RETRIEVER:-standalone}"
+SERVE_CONFIG="${SERVE_CONFIG:-${SCRIPT_DIR}/serve_retrieval.yaml}"
+SERVE_START_TIMEOUT="${SERVE_START_TIMEOUT:-1800}"
 # The usual spellings of a yes/no switch; anything else is a mistake, not a launch.
 # yes_no NAME WHAT_YES WHAT_NO sets the variable NAME to 1 or 0.
 yes_no() {
@@ -64,6 +72,11 @@ yes_no() {
 }
 yes_no DRY_RUN "for a dry run" "to launch"
 yes_no LLDS "to add the LLDS term to the loss" "for slime's policy loss alone"
+
+if [[ "${RETRIEVER}" != standalone && "${RETRIEVER}" != serve ]]; then
+   echo "ERROR: RETRIEVER=${RETRIEVER} is not a retriever: use standalone (your own retrieval servers, the default) or serve (deployed on Ray Serve from SERVE_CONFIG)." >&2
+   exit 1
+fi
 
 # Keeps Ray from buffering the trainer's stdout/stderr.
 export PYTHONUNBUFFERED=1
@@ -97,7 +110,7 @@ TRAIN_DATA="${DATA_DIR}/train.parquet"
 if [[ ! -f "${TRAIN_DATA}" ]]; then
    problem "training data not found: ${TRAIN_DATA} does not exist. Build it with: PYTHONPATH=${SCRIPT_DIR} python -m search_r1_slime.prepare_data --local-dir ${DATA_DIR} (or set DATA_DIR)."
 fi
-for name in NUM_GPUS EVAL_INTERVAL RAY_START_TIMEOUT; do
+for name in NUM_GPUS EVAL_INTERVAL RAY_START_TIMEOUT SERVE_START_TIMEOUT; do
    if [[ ! "${!name}" =~ ^[0-9]+$ ]] || ((10#${!name} == 0)); then
       setting_error "${name}=${!name} must be a whole number above 0."
    fi
@@ -336,11 +349,14 @@ else
    if ((use_wandb)); then
       SEARCH_PREFLIGHT+=(--use-wandb)
    fi
-   if ! search_report="$(PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${SEARCH_PREFLIGHT[@]}" 2>&1)"; then
+   # A retriever deployed by this script does not run yet: its search is checked once it does.
+   preflight_now=("${SEARCH_PREFLIGHT[@]}")
+   [[ "${RETRIEVER}" == serve ]] && preflight_now+=(--config-only)
+   if ! search_report="$(PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${preflight_now[@]}" 2>&1)"; then
       if [[ "${search_report}" == *"Traceback (most recent call last):"* ]]; then
          # It could not run at all (typically: python3 is not the environment the plugin is
          # installed in); its last line says why.
-         problem "the search preflight (${SEARCH_PREFLIGHT[*]}) could not run: ${search_report##*$'\n'}. Run this script where python3 has the plugin's requirements (pip install -e ${SCRIPT_DIR}), e.g. with its virtual environment activated."
+         problem "the search preflight (${preflight_now[*]}) could not run: ${search_report##*$'\n'}. Run this script where python3 has the plugin's requirements (pip install -e ${SCRIPT_DIR}), e.g. with its virtual environment activated."
       else
          while IFS= read -r line; do
             [[ -n "${line}" ]] && problem "${line}"
@@ -351,6 +367,61 @@ fi
 if ! command -v ray >/dev/null 2>&1; then
    problem "ray is not on PATH: install slime's requirements (pip install ray[default]) in this environment."
 fi
+
+# GPUs: the training's (needed_gpus, above) and, with RETRIEVER=serve, the most the retrieval
+# replicas can hold (max_replicas x num_gpus of each deployment: autoscaling may reach it mid-run).
+# Ray gives each GPU to one of them; both must fit in what the head offers.
+TRAIN_GPUS="${needed_gpus}"
+TRAIN_GPUS_WHY="${placement}"
+SERVE_GPUS=0
+if [[ "${RETRIEVER}" == serve ]]; then
+   if [[ ! -f "${SERVE_CONFIG}" ]]; then
+      problem "SERVE_CONFIG=${SERVE_CONFIG} does not exist; point it at a Ray Serve config of the retrieval server (serve_retrieval.yaml beside this script is one)."
+   elif ! serve_gpus_report="$(python3 -c '
+import sys, yaml
+try:
+    with open(sys.argv[1], encoding="utf-8") as f:
+        apps = (yaml.safe_load(f) or {}).get("applications") or []
+    total, parts = 0, []
+    for app in apps:
+        for deployment in app.get("deployments") or []:
+            gpus = float((deployment.get("ray_actor_options") or {}).get("num_gpus") or 0)
+            scaling = deployment.get("autoscaling_config")
+            replicas, what = (int(scaling.get("max_replicas", 1)), "max_replicas") if scaling else (int(deployment.get("num_replicas", 1)), "num_replicas")
+            total += replicas * gpus
+            name = deployment.get("name")
+            parts.append(f"{name}: {what} {replicas} x num_gpus {gpus:g}")
+except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as exc:
+    reason = " ".join(str(exc).split())
+    sys.exit(f"SERVE_CONFIG={sys.argv[1]} is not a Serve config this script can read: {reason}")
+if not apps:
+    sys.exit(f"SERVE_CONFIG={sys.argv[1]} has no applications: list the retrieval server under applications:")
+print(f"{total:g}", "; ".join(parts) or "no deployment settings")
+' "${SERVE_CONFIG}" 2>&1)"; then
+      problem "${serve_gpus_report}"
+   else
+      SERVE_GPUS="${serve_gpus_report%% *}"
+      SERVE_GPUS_WHY="${serve_gpus_report#* }"
+      if [[ ! "${SERVE_GPUS}" =~ ^[0-9]+$ ]]; then
+         problem "SERVE_CONFIG=${SERVE_CONFIG} asks for ${SERVE_GPUS} GPUs (${SERVE_GPUS_WHY}): give the retrieval replicas whole GPUs."
+         SERVE_GPUS=0
+      fi
+   fi
+   if ! command -v serve >/dev/null 2>&1; then
+      problem "serve is not on PATH: install Ray Serve (pip install -e '.[serve]', or pip install 'ray[serve]') in this environment."
+   fi
+fi
+# (Only checked for a retriever this script deploys: the standalone default is left as it was.)
+if [[ "${RETRIEVER}" == serve && "${NUM_GPUS}" =~ ^[0-9]+$ ]] && ((TRAIN_GPUS + SERVE_GPUS > 10#${NUM_GPUS})); then
+   problem "the training needs ${TRAIN_GPUS} GPUs (${TRAIN_GPUS_WHY}) and the retrieval replicas up to ${SERVE_GPUS} (${SERVE_GPUS_WHY}), more than the ${NUM_GPUS} of NUM_GPUS: lower max_replicas or num_gpus in SERVE_CONFIG, or raise NUM_GPUS."
+fi
+gpu_arithmetic() {
+   local line="GPUs: the Ray head offers ${NUM_GPUS}; the training takes ${TRAIN_GPUS} (${TRAIN_GPUS_WHY})"
+   if [[ "${RETRIEVER}" == serve ]]; then
+      line+="; the retrieval replicas take at most ${SERVE_GPUS} (${SERVE_GPUS_WHY:-none})"
+   fi
+   echo "${line}; $((10#${NUM_GPUS} - TRAIN_GPUS - SERVE_GPUS)) left over."
+}
 
 if ((config_paths > 1)); then
    problem "--custom-config-path is given ${config_paths} times but slime keeps only the last one: merge the YAML files into one (docs/tis.md) and pass it once."
@@ -403,6 +474,12 @@ if [[ "${DRY_RUN}" == "1" ]]; then
    else
       echo "DRY_RUN: would start a Ray head (ray start --head --node-ip-address ${MASTER_ADDR} --num-gpus ${NUM_GPUS} --dashboard-port ${RAY_DASHBOARD_PORT}) and stop it on exit."
    fi
+   if [[ "${NUM_GPUS}" =~ ^[0-9]+$ ]]; then
+      echo "DRY_RUN: $(gpu_arithmetic)"
+   fi
+   if [[ "${RETRIEVER}" == serve ]]; then
+      echo "DRY_RUN: would deploy the retrieval server (serve deploy ${SERVE_CONFIG} --address ${RAY_JOB_ADDRESS}), wait up to ${SERVE_START_TIMEOUT}s for its replicas to run, check the search backend through it, and remove it when the job ends (serve shutdown --address ${RAY_JOB_ADDRESS} --yes)."
+   fi
    echo "DRY_RUN: the Ray workers' environment (written at launch to a file only you can read): $(runtime_env redacted)"
    echo "DRY_RUN: would run:"
    submit_command
@@ -425,6 +502,7 @@ fi
 RAY_HEAD_PID=""
 SUBMIT_PID=""
 RUNTIME_ENV_MADE=""
+SERVE_DEPLOYED=""
 cleanup() {
    # A second Ctrl-C must not cut the teardown short and leave a half-stopped head behind.
    trap '' INT TERM
@@ -436,6 +514,11 @@ cleanup() {
       if [[ -z "${RAY_HEAD_PID}" ]]; then
          echo "Stopped following the job; it keeps running on the Ray cluster at ${RAY_JOB_ADDRESS} (ray job list / ray job stop --address ${RAY_JOB_ADDRESS})." >&2
       fi
+   fi
+   # The retrieval server leaves with the job, also from a cluster this script did not start.
+   if [[ -n "${SERVE_DEPLOYED}" ]]; then
+      echo "Removing the retrieval server this script deployed (serve shutdown)."
+      serve shutdown --address "${RAY_JOB_ADDRESS}" --yes || true
    fi
    if [[ -n "${RAY_HEAD_PID}" ]] && kill -0 "${RAY_HEAD_PID}" 2>/dev/null; then
       echo "Stopping the Ray head this script started (pid ${RAY_HEAD_PID}); Ray drains for up to 30 s."
@@ -458,7 +541,9 @@ else
    # the head only through cleanup's orderly SIGTERM, never its raylet directly. The subreaper
    # setting makes the raylet also end what workers spawned (the SGLang servers), which upstream
    # cleaned up with pkill.
-   RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true \
+   # PYTHONPATH: the Serve replicas of RETRIEVER=serve import the retrieval server from this folder.
+   PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" \
+      RAY_kill_child_processes_on_worker_exit_with_raylet_subreaper=true \
       setsid ray start --head --node-ip-address "${MASTER_ADDR}" --num-gpus "${NUM_GPUS}" \
       --dashboard-port "${RAY_DASHBOARD_PORT}" --disable-usage-stats --block &
    RAY_HEAD_PID=$!
@@ -475,6 +560,62 @@ else
       sleep 1
       waited=$((waited + 1))
    done
+fi
+
+# The applications `serve status` lists: RUNNING when all run; FAILED <why> when one failed;
+# otherwise WAITING <what>; NONE when there are none.
+serve_state() {
+   serve status --address "${RAY_JOB_ADDRESS}" | python3 -c '
+import sys, yaml
+apps = (yaml.safe_load(sys.stdin) or {}).get("applications") or {}
+failed, waiting = [], []
+for name, app in apps.items():
+    status, why = app.get("status"), " ".join(str(app.get("message") or "").split())[:2000]
+    if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        failed.append(f"{name}: {status}: {why}")
+    elif status != "RUNNING":
+        waiting.append(f"{name} {status}")
+if not apps:
+    print("NONE")
+elif failed:
+    print("FAILED", "; ".join(failed))
+elif waiting:
+    print("WAITING", ", ".join(waiting))
+else:
+    print("RUNNING", ", ".join(apps))
+'
+}
+
+if [[ "${RETRIEVER}" == serve ]]; then
+   # serve deploy declares every Serve application of the cluster: it would replace anyone else's.
+   if [[ -z "${RAY_HEAD_PID}" ]] && ! state="$(serve_state)"; then
+      echo "ERROR: cannot read the Serve applications of the Ray cluster at ${RAY_JOB_ADDRESS} (serve status failed)." >&2
+      exit 1
+   elif [[ -z "${RAY_HEAD_PID}" && "${state}" != NONE ]]; then
+      echo "ERROR: the Ray cluster at ${RAY_JOB_ADDRESS} already runs Serve applications (${state#* }); deploying the retrieval server would replace them. Use RETRIEVER=standalone with their URL, or remove them (serve shutdown --address ${RAY_JOB_ADDRESS})." >&2
+      exit 1
+   fi
+   echo "Deploying the retrieval server from ${SERVE_CONFIG}; waiting up to ${SERVE_START_TIMEOUT}s for its replicas to load and run."
+   SERVE_DEPLOYED=1
+   serve deploy "${SERVE_CONFIG}" --address "${RAY_JOB_ADDRESS}"
+   waited=0
+   until state="$(serve_state)" && [[ "${state}" == RUNNING* ]]; do
+      if [[ "${state}" == FAILED* ]]; then
+         echo "ERROR: the retrieval server failed to start: ${state#FAILED }" >&2
+         exit 1
+      fi
+      if ((waited >= SERVE_START_TIMEOUT)); then
+         echo "ERROR: the retrieval server did not run within ${SERVE_START_TIMEOUT}s (${state#* }); raise SERVE_START_TIMEOUT if its index takes longer to load, or see serve status --address ${RAY_JOB_ADDRESS}." >&2
+         exit 1
+      fi
+      sleep 5
+      waited=$((waited + 5))
+   done
+   echo "The retrieval server runs (${state#RUNNING }); its search, as the rollouts will send it:"
+   if ! PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" "${SEARCH_PREFLIGHT[@]}"; then
+      echo "ERROR: the deployed retrieval server does not answer the plugin's search (above): search_r1.local.search_url must be Serve's proxy, http://127.0.0.1:<http_options.port of SERVE_CONFIG>/retrieve." >&2
+      exit 1
+   fi
 fi
 
 RUNTIME_ENV_FILE="$(mktemp "${RUNTIME_ENV_FILE}")"

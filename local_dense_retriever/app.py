@@ -47,6 +47,9 @@ class _State:
         self.error: str | None = None
         self.retriever: Retriever | None = None
         self.batcher: MicroBatcher[Hit] | None = None
+        # Set once the load has ended, either way (status is then "ready" or "failed"): what the
+        # Ray Serve deployment's health check waits for (local_dense_retriever/serve_app.py).
+        self.settled = asyncio.Event()
 
 
 def _json(content: dict, status_code: int = 200, headers: dict | None = None) -> Response:
@@ -207,6 +210,7 @@ def create_app(
             else:  # our own bug: its traceback
                 logger.exception("loading the retriever failed")
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            state.settled.set()
             if on_load_error is not None:
                 on_load_error(exc)
             return
@@ -219,6 +223,7 @@ def create_app(
         )
         batcher.start()
         state.retriever, state.batcher, state.status = retriever, batcher, "ready"
+        state.settled.set()
         logger.info("retriever ready: %d passages", len(retriever))
 
     @asynccontextmanager

@@ -130,10 +130,11 @@ async def _search_problems(urls: list[str], config: dict[str, Any], timeout_s: f
     return problems
 
 
-def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = False) -> list[str]:
+def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = False, check_servers: bool = True) -> list[str]:
     """What stands between the plugin and a working search backend; [] when nothing does.
 
     ``use_wandb``: slime will upload its args to W&B, so no key may be written in ``overrides``.
+    ``check_servers=False``: the configuration only (the retrieval servers are not up yet).
     """
     from generate_with_search import resolve_config
 
@@ -151,6 +152,8 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
             "search_backend is 'google' but no serper.dev key is set: export SERPER_API_KEY=... "
             "(or set search_r1.google.api_key_file, a file holding the key, in your --custom-config-path YAML)"
         ]
+    if not check_servers:
+        return []
     urls = _search_urls(config)
     problems = [problem for url in urls if (problem := _health_problem(url, timeout_s)) is not None]
     return problems or asyncio.run(_search_problems(urls, config, timeout_s))
@@ -198,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for each /health and each test search",
     )
     parser.add_argument(
+        "--config-only", action="store_true",
+        help="check the configuration but not the retrieval servers (they start later: run_qwen2.5_3B.sh RETRIEVER=serve)",
+    )
+    parser.add_argument(
         "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb; use_wandb in the YAML counts too): refuse keys written in the YAML"
     )
     return parser
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         custom_config = load_custom_config(args.config)
         overrides = custom_config.get(SECTION) or {}
         use_wandb = args.use_wandb or bool(custom_config.get("use_wandb"))
-        problems = search_problems(overrides, args.timeout, use_wandb)
+        problems = search_problems(overrides, args.timeout, use_wandb, check_servers=not args.config_only)
     except ConfigError as exc:
         problems = exc.problems
     except (OSError, ValueError, ImportError) as exc:
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(ready_line(overrides))
+    print("search configuration valid; the retrieval servers are not checked" if args.config_only else ready_line(overrides))
     return 0
 
 

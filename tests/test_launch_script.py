@@ -8,7 +8,9 @@ import http.server
 import importlib
 import json
 import shlex
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +38,28 @@ done
 if [[ "$1" == start ]]; then
    exec python3 -m http.server "$RAY_DASHBOARD_PORT" --bind 127.0.0.1
 fi
+if [[ "$1" == job && -n "${FAKE_JOB_SECONDS:-}" ]]; then  # a job that runs until stopped
+   echo $$ > "$RAY_CALLS.job_pid"
+   exec sleep "$FAKE_JOB_SECONDS"
+fi
+"""
+
+# Ray Serve's CLI: records its calls beside ray's; `serve status` lists the applications deployed
+# (FAKE_SERVE_STATUS: the one the deployment reaches, RUNNING unless set; FAKE_SERVE_OTHER: an
+# application of somebody else's already there).
+FAKE_SERVE = """#!/usr/bin/env bash
+printf 'serve %s\\n' "$*" >> "$RAY_CALLS"
+case "$1" in
+   deploy) : > "$RAY_CALLS.deployed" ;;
+   shutdown) rm -f "$RAY_CALLS.deployed" ;;
+   status)
+      echo "applications:"
+      [[ -n "${FAKE_SERVE_OTHER:-}" ]] && printf '  other:\\n    status: RUNNING\\n'
+      if [[ -f "$RAY_CALLS.deployed" ]]; then
+         printf '  retrieval:\\n    status: %s\\n    message: "%s"\\n' "${FAKE_SERVE_STATUS:-RUNNING}" "${FAKE_SERVE_MESSAGE:-}"
+      fi
+      ;;
+esac
 """
 
 
@@ -132,6 +156,8 @@ def world(tmp_path: Path, http_server):
     fake_bin.mkdir()
     (fake_bin / "ray").write_text(FAKE_RAY)
     (fake_bin / "ray").chmod(0o755)
+    (fake_bin / "serve").write_text(FAKE_SERVE)
+    (fake_bin / "serve").chmod(0o755)
     env = {
         "HOME": str(tmp_path),
         "PATH": f"{fake_bin}:{tools}",
@@ -634,3 +660,124 @@ def test_llds_with_context_parallelism_stops_the_launch(world, tmp_path):
         "ERROR: LLDS=1 needs --context-parallel-size 1 (PERF_ARGS has 2): the LLDS term gates whole actions, "
         "which context parallelism splits across ranks."
     ) in result.stderr.splitlines()
+
+
+# RETRIEVER=serve: the retrieval server deployed on Ray Serve with the job (docs/serve.md).
+SERVE_CONFIG = REPO / "serve_retrieval.yaml"
+
+
+def test_serve_dry_run_shows_the_deploy_the_gpu_arithmetic_and_the_teardown(world):
+    _, env = world
+    result = run(env, DRY_RUN="1", RETRIEVER="serve")
+
+    assert result.returncode == 0 and "WARNING" not in result.stderr, result.stderr
+    lines = result.stdout.splitlines()
+    # serve_retrieval.yaml: autoscaling up to 2 replicas of 1 GPU; the recipe: 1 node x 4 GPUs, colocated.
+    assert "DRY_RUN: GPUs: the Ray head offers 8; the training takes 4 (the actor's 4 and SGLang's 4 on the same GPUs " \
+           "(--colocate)); the retrieval replicas take at most 2 (Retriever: max_replicas 2 x num_gpus 1); 2 left over." in lines
+    address = f"http://127.0.0.1:{env['RAY_DASHBOARD_PORT']}"
+    assert f"DRY_RUN: would deploy the retrieval server (serve deploy {SERVE_CONFIG} --address {address}), wait up to 1800s " \
+           f"for its replicas to run, check the search backend through it, and remove it when the job ends " \
+           f"(serve shutdown --address {address} --yes)." in lines
+    assert ray_calls(env) == []
+    # The default retriever deploys nothing and counts only the training's GPUs.
+    standalone = run(env, DRY_RUN="1").stdout
+    assert "DRY_RUN: GPUs: the Ray head offers 8; the training takes 4 (the actor's 4 and SGLang's 4 on the same GPUs " \
+           "(--colocate)); 4 left over." in standalone.splitlines()
+    assert "serve deploy" not in standalone
+
+
+def test_serve_replicas_that_do_not_fit_beside_the_training_stop_the_launch(world):
+    _, env = world
+    assert "WARNING" not in run(env, DRY_RUN="1", RETRIEVER="serve", NUM_GPUS="6").stderr  # 4 + 2: exactly fits
+    result = run(env, RETRIEVER="serve", NUM_GPUS="5")
+    assert result.returncode == 1
+    assert "ERROR: the training needs 4 GPUs (the actor's 4 and SGLang's 4 on the same GPUs (--colocate)) and the " \
+           "retrieval replicas up to 2 (Retriever: max_replicas 2 x num_gpus 1), more than the 5 of NUM_GPUS: lower max_replicas " \
+           "or num_gpus in SERVE_CONFIG, or raise NUM_GPUS." in result.stderr.splitlines()
+    assert ray_calls(env) == []
+
+
+def test_an_unknown_retriever_is_one_error_and_starts_nothing(world):
+    _, env = world
+    result = run(env, RETRIEVER="ray")
+    assert result.returncode == 1 and result.stdout == "" and ray_calls(env) == []
+    assert result.stderr.splitlines() == [
+        "ERROR: RETRIEVER=ray is not a retriever: use standalone (your own retrieval servers, the default) "
+        "or serve (deployed on Ray Serve from SERVE_CONFIG)."
+    ]
+
+
+def test_serve_is_deployed_before_the_job_and_removed_after_it(world):
+    _, env = world
+    port = int(env["RAY_DASHBOARD_PORT"])
+    result = run(env, RETRIEVER="serve")
+
+    assert result.returncode == 0, result.stderr
+    calls = ray_calls(env)
+    address = f"--address http://127.0.0.1:{port}"
+    assert calls[0].startswith("start --head")
+    deploy = calls.index(f"serve deploy {SERVE_CONFIG} {address}")
+    submit = next(i for i, call in enumerate(calls) if call.startswith("job submit"))
+    assert deploy < calls.index(f"serve status {address}") < submit
+    assert calls[submit + 1 :] == [f"serve shutdown {address} --yes"]
+    assert "The retrieval server runs (retrieval)" in result.stdout
+    deadline = time.monotonic() + 5
+    while _port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _port_open(port), "the Ray head the script started is still running"
+
+
+def test_serve_that_fails_to_start_stops_the_launch_and_is_removed(world):
+    _, env = world
+    why = "FileNotFoundError: index /data/e5_Flat.index does not exist; pass a FAISS index file"
+    result = run(env, RETRIEVER="serve", FAKE_SERVE_STATUS="DEPLOY_FAILED", FAKE_SERVE_MESSAGE=why)
+
+    assert result.returncode == 1
+    assert f"ERROR: the retrieval server failed to start: retrieval: DEPLOY_FAILED: {why}" in result.stderr.splitlines()
+    calls = ray_calls(env)
+    assert not any(call.startswith("job submit") for call in calls)
+    assert calls[-1].startswith("serve shutdown")
+
+
+def test_serve_refuses_to_replace_the_applications_of_a_running_cluster(world, http_server):
+    _, env = world
+    dashboard_port = http_server()  # somebody else's cluster, serving an application of theirs
+    result = run(env, RETRIEVER="serve", RAY_DASHBOARD_PORT=str(dashboard_port), FAKE_SERVE_OTHER="1")
+
+    assert result.returncode == 1
+    assert f"ERROR: the Ray cluster at http://127.0.0.1:{dashboard_port} already runs Serve applications (other); " \
+           "deploying the retrieval server would replace them." in result.stderr
+    assert ray_calls(env) == [f"serve status --address http://127.0.0.1:{dashboard_port}"]
+
+
+def test_ctrl_c_during_the_job_removes_the_retriever_and_leaves_nothing_running(world):
+    _, env = world
+    port = int(env["RAY_DASHBOARD_PORT"])
+    script = subprocess.Popen(["bash", str(SCRIPT)], env={**env, "RETRIEVER": "serve", "FAKE_JOB_SECONDS": "600"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_pid_file = Path(env["RAY_CALLS"] + ".job_pid")
+    deadline = time.monotonic() + 60
+    while not job_pid_file.exists() and script.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert job_pid_file.exists(), script.communicate(timeout=30)
+    job_pid = int(job_pid_file.read_text())
+
+    script.send_signal(signal.SIGINT)
+    out, err = script.communicate(timeout=60)
+    assert script.returncode == 130, err
+    assert ray_calls(env)[-1] == f"serve shutdown --address http://127.0.0.1:{port} --yes"
+    assert "Stopping the Ray head this script started" in out
+    assert not Path(env["RAY_CALLS"] + ".deployed").exists()  # the fake cluster has no application left
+    deadline = time.monotonic() + 5
+    while (_port_open(port) or _alive(job_pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _port_open(port) and not _alive(job_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
