@@ -15,6 +15,10 @@ Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: t
 means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
 A JSON summary of the table is written next to the JSONL.
 
+Reproducing an evaluation: with ``search_r1.search_db`` in ``--config`` every search is recorded
+(docs/reproducibility.md); ``--replay FILE`` answers every search from such a record instead, in
+strict mode, so the same model and sampling give the same scores with no search backend running.
+
 Before the first trajectory every input is checked (the data, the search configuration, the
 tokenizer, that SGLang answers, and the search backend as ``search-r1-preflight`` checks it); a
 problem is one ``ERROR:`` line and exit status 1. Trajectories that SGLang failed count as wrong
@@ -336,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
+    parser.add_argument("--replay", type=Path, metavar="FILE",
+                        help="answer every search from this search database (search_r1.search_db, strict replay): "
+                             "no search backend is asked, none needs to run; a search it lacks stops the evaluation")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -360,17 +367,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse(str(exc))
 
     from generate_with_search import load_tokenizer, resolve_config
+    from search_r1_slime import search_db
     from search_r1_slime.preflight import load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
     # Every check before the first trajectory, cheap ones first; one line per problem.
     try:
         overrides = load_search_overrides(cli.config)
-        resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
+        if cli.replay is not None:
+            overrides = {**overrides, "search_db": {**overrides.get("search_db", {}), "path": str(cli.replay),
+                                                    "replay": "strict", "record": False}}
+        config = resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
+        if config["search_db"]["path"] is not None:
+            search_db.database(config["search_db"]).check()
         rows = read_rows(cli.data, cli.limit)
     except ConfigError as exc:
         problems = exc.problems
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # SearchDbError included
         problems = [str(exc)]
     else:
         problems = []
@@ -381,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
             problems = [f"cannot load the tokenizer of --hf-checkpoint {cli.hf_checkpoint}: {_one_line(exc)}"]
     if not problems:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
-        if not cli.skip_preflight:
+        if not cli.skip_preflight and cli.replay is None:
             problems += search_problems(overrides)
     if problems:
         for problem in problems:
@@ -396,9 +409,13 @@ def main(argv: list[str] | None = None) -> int:
         search_r1=dict(overrides),
     )
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
-    records = asyncio.run(
-        run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
-    )
+    try:
+        records = asyncio.run(
+            run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
+        )
+    except (search_db.ReplayError, search_db.SearchDbError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
 
     failed = [record for record in records if record["status"] == EvalSample.Status.FAILED.value]
     failure = (

@@ -9,7 +9,8 @@ a response). ``loading_until`` (a ``time.monotonic()`` value): until then every 
 with ``Retry-After: retry_after`` and nothing else, as a server loading its index does.
 ``api_key``: requests without ``Authorization: Bearer <api_key>`` get 401, as the real server
 started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up on the same port.
-``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
+``fingerprint``: sent on every answer, as our server names what answered (None: left out, as
+upstream's server does). ``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
 Strict about queries, as a server that validates whole requests is (ours before per-query answers):
 a request holding one blank query, or one longer than ``max_query_chars``, is refused whole
@@ -42,6 +43,7 @@ class FakeRetriever(LoopbackServer):
         query_cost_s: float = 0.0,
         api_key: str | None = None,
         max_query_chars: int = 4096,
+        fingerprint: str | None = None,
     ):
         self.corpus = corpus
         self.requests: list[dict] = []
@@ -51,6 +53,7 @@ class FakeRetriever(LoopbackServer):
         self.query_cost_s = query_cost_s
         self.api_key = api_key
         self.max_query_chars = max_query_chars
+        self.fingerprint = fingerprint
         self.loading_until = 0.0
         self.retry_after = "0.2"
         self.refused: list[dict] = []  # bodies answered 503 (loading) or 401 (no token), not in ``requests``
@@ -106,4 +109,4 @@ class FakeRetriever(LoopbackServer):
                 results.append([{"document": d, "score": 1.0 - i / 10} for i, d in enumerate(docs)])
             else:
                 results.append(docs)
-        return web.json_response({"result": results})
+        return web.json_response({"result": results, **({} if self.fingerprint is None else {"fingerprint": self.fingerprint})})
