@@ -34,7 +34,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.search_client import Servers, report, reference_answers, run, workload  # noqa: E402
+from bench.search_client import Servers, add_load_arguments, report, reference_answers, run, workload  # noqa: E402
 from generate_with_search import resolve_config, search  # noqa: E402
 from search_r1_slime.search_db import SearchDb  # noqa: E402
 
@@ -42,12 +42,16 @@ from search_r1_slime.search_db import SearchDb  # noqa: E402
 def plugin_search(db_path: Path | None, replay: bool = False):
     """``generate_with_search.search`` with ``search_r1.search_db`` set as named (None: off)."""
 
+    configs: dict[tuple[str, ...], dict] = {}  # resolved once: the runs differ only in search_db
+
     async def searched(urls: str | list[str], query: str) -> list[str]:
-        search_r1 = {"topk": 3, "local": {"search_url": urls}}
-        if db_path is not None:
-            search_r1["search_db"] = {"path": str(db_path), "replay": "strict" if replay else "off"}
-        config = resolve_config(SimpleNamespace(search_r1=search_r1))
-        return [item["document"]["contents"] for item in await search(query, config)]
+        servers = (urls,) if isinstance(urls, str) else tuple(urls)
+        if servers not in configs:
+            search_r1 = {"topk": 3, "local": {"search_url": urls}}
+            if db_path is not None:
+                search_r1["search_db"] = {"path": str(db_path), "replay": "strict" if replay else "off"}
+            configs[servers] = resolve_config(SimpleNamespace(search_r1=search_r1))
+        return [item["document"]["contents"] for item in await search(query, configs[servers])]
 
     return searched
 
@@ -65,15 +69,8 @@ def row_cost(path: Path, rows: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=8, help="samples per prompt (GRPO n)")
-    parser.add_argument("--turns", type=int, default=2)
-    parser.add_argument("--variants", type=int, default=4, help="distinct follow-up queries per prompt after turn 1")
-    parser.add_argument("--spread-ms", type=float, default=200.0, help="generation time before a search: uniform 0..this")
-    parser.add_argument("--server-threads", type=int, default=1, help="torch threads of the server process")
+    add_load_arguments(parser)
     parser.add_argument("--rows", type=int, default=2000, help="rows written for the per-row cost")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work" / "demo")
     args = parser.parse_args(argv)
     print(f"load: {args.prompts} prompts x {args.samples} samples x {args.turns} turns, arrivals spread over "
           f"{args.spread_ms:.0f} ms; one real retrieval server (demo corpus, MiniLM, CPU) on loopback")
@@ -85,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(servers.wait_ready())
             urls = servers.urls(1)
             expected = asyncio.run(reference_answers(urls[0], set().union(*turns)))
+            # A first pass warms the server (its first batches are slower); its numbers are not shown.
+            asyncio.run(run("warm-up", plugin_search(None), urls, servers, turns, expected, args))
             runs = [("off", plugin_search(None)), ("record", plugin_search(db)), ("off again", plugin_search(None)),
                     ("replay", plugin_search(db, replay=True))]
             outcomes = [asyncio.run(run(name, searched, urls, servers, turns, expected, args)) for name, searched in runs]
