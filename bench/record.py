@@ -11,8 +11,10 @@ each run in a fresh event loop, side by side in one run:
 * ``off again``: as the first, to show the noise between two identical runs;
 * ``replay``: the searches answered from the file just written (strict), the server unused.
 
-Then the row write alone: ``--rows`` rows written one transaction each on the SQLite thread, the
-per-search cost recording adds in CPU and wall time.
+A first, unshown pass warms the server. Then it prints the latency the row's write added to each
+recorded search (the wait for the SQLite thread, queueing behind the other searches' rows
+included), and the row write alone: ``--rows`` rows written one transaction each, in CPU and wall
+time per row.
 
 Target: every answer right (equal to the server's answer to the query asked alone), every search
 recorded exactly once, every replayed answer equal; else it prints FAIL and exits 1.
@@ -30,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -56,6 +60,23 @@ def plugin_search(db_path: Path | None, replay: bool = False):
     return searched
 
 
+def time_record_awaits() -> list[float]:
+    """Seconds each search waits for its row to be written (queueing behind others' rows included):
+    the latency recording adds to a search under this load."""
+    waits: list[float] = []
+    record_one = SearchDb.record_one
+
+    async def timed(self: SearchDb, row: tuple) -> None:
+        started = time.perf_counter()
+        try:
+            await record_one(self, row)
+        finally:
+            waits.append(time.perf_counter() - started)
+
+    SearchDb.record_one = timed
+    return waits
+
+
 def row_cost(path: Path, rows: int) -> tuple[float, float]:
     """Microseconds of wall and of CPU per row written, one transaction each, as search_db does."""
     db = SearchDb(path)
@@ -75,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load: {args.prompts} prompts x {args.samples} samples x {args.turns} turns, arrivals spread over "
           f"{args.spread_ms:.0f} ms; one real retrieval server (demo corpus, MiniLM, CPU) on loopback")
     turns = workload(args)
+    record_waits = time_record_awaits()
     servers = Servers(1, args.workdir, args.server_threads)
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "searches.sqlite"
@@ -94,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             recorded = connection.execute("SELECT count(*), count(DISTINCT query) FROM searches").fetchone()
         issued = outcomes[0].queries
         print(f"rows recorded: {recorded[0]} for {issued} searches ({recorded[1]} distinct queries)")
+        print(f"latency recording added to a search (its row written, queue included): p50 "
+              f"{1000 * np.percentile(record_waits, 50):.2f} ms, p99 {1000 * np.percentile(record_waits, 99):.2f} ms, "
+              f"max {1000 * max(record_waits):.2f} ms ({len(record_waits)} searches)")
         wall_us, cpu_us = row_cost(Path(tmp) / "rows.sqlite", args.rows)
-        print(f"one row written (one transaction, WAL, synchronous=NORMAL): {wall_us:.0f} us wall, {cpu_us:.0f} us CPU "
+        print(f"one row written alone (one transaction, WAL, synchronous=NORMAL): {wall_us:.0f} us wall, {cpu_us:.0f} us CPU "
               f"(mean of {args.rows})")
     ok = all(o.wrong == 0 and o.failed == 0 for o in outcomes) and recorded[0] == issued
     print("PASS" if ok else "FAIL")

@@ -19,8 +19,8 @@ by later runs (docs/reproducibility.md):
 
 Concurrency: WAL journal (readers never wait for the writer), ``busy_timeout`` for the write lock.
 Every SQLite call runs in one thread per process (``_EXECUTORS``), never on the event loop; each
-search's row is committed before its answer is returned, so a killed worker loses no answered
-search. Any problem with the file itself (missing, not a database, corrupt) is a ``SearchDbError``:
+search's row is committed before its answer is returned (rows of searches answered together share
+one transaction), so a killed worker loses no answered search. Any problem with the file itself (missing, not a database, corrupt) is a ``SearchDbError``:
 one line naming the file.
 """
 
@@ -109,6 +109,8 @@ class SearchDb:
         self.clock = clock
         self.stats = DbStats()
         self._local = threading.local()
+        self._pending: dict[asyncio.AbstractEventLoop, list[tuple[tuple, asyncio.Future[None]]]] = {}
+        self._writing: set[asyncio.Task] = set()
         if must_exist and not Path(self.path).is_file():
             raise SearchDbError(f"search database {self.path} does not exist: replay reads the file a recorded run wrote")
         if not Path(self.path).parent.is_dir():
@@ -116,6 +118,41 @@ class SearchDb:
 
     async def call(self, method: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(_executor(), method, *args)
+
+    async def record_one(self, row: tuple) -> None:
+        """Write ``row`` (as ``record`` takes it); return once it is committed.
+
+        Group commit: the rows of every search answered while the SQLite thread is busy are
+        written together, in one transaction, by the next write. A GRPO step's searches finish in
+        bursts (a batched request answers dozens at once, single flight hands one answer to every
+        sample that asked), and one transaction per row queued them behind each other.
+        """
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        pending = self._pending.setdefault(loop, [])
+        pending.append((row, future))
+        if len(pending) == 1:  # the first row since the last write was handed over: start the next
+            loop.call_soon(self._write_pending, loop)
+        await future
+
+    def _write_pending(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch = self._pending.pop(loop, [])
+
+        async def write() -> None:
+            try:
+                await self.call(self.record, [row for row, _ in batch])
+            except Exception as exc:  # SearchDbError: every search of the batch reports it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+            else:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+
+        task = loop.create_task(write())
+        self._writing.add(task)  # a strong reference: the loop keeps only weak ones
+        task.add_done_callback(self._writing.discard)
 
     # ---- on the SQLite thread
 
@@ -324,6 +361,6 @@ async def search(query: str, config: Mapping[str, Any],
     seconds = time.monotonic() - started
     if settings["record"]:
         row = (settings["run"], backend, query, top_k, live_fingerprint(config), results, seconds)
-        await db.call(db.record, [row])
+        await db.record_one(row)
         db.stats.recorded += 1
     return results
