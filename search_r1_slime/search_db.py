@@ -44,6 +44,8 @@ from search_r1_slime.http_client import RequestFailed
 
 logger = logging.getLogger(__name__)
 
+# Rows per INSERT statement: 9 values each, well under SQLite's default limit of 32766 variables.
+_ROWS_PER_STATEMENT = 500
 # PRAGMA user_version of a database this module made; another value is refused, not misread.
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -194,9 +196,20 @@ class SearchDb:
         values = [(run, at, backend, query, top_k, fp, json.dumps(results, ensure_ascii=False), seconds, pid)
                   for run, backend, query, top_k, fp, results, seconds in rows]
         connection = self._connection()
-        self._guard(lambda: connection.executemany(
-            "INSERT INTO searches (run, at, backend, query, top_k, fingerprint, results, seconds, pid) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values))
+
+        def insert() -> None:
+            # One statement per chunk, not executemany: sqlite3 lets go of the GIL around every
+            # statement, and while the event loop's thread is busy each taking back can wait for
+            # its switch interval (5 ms).
+            for start in range(0, len(values), _ROWS_PER_STATEMENT):
+                chunk = values[start : start + _ROWS_PER_STATEMENT]
+                connection.execute(
+                    "INSERT INTO searches (run, at, backend, query, top_k, fingerprint, results, seconds, pid) VALUES "
+                    + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [value for row in chunk for value in row],
+                )
+
+        self._guard(lambda: self._in_transaction(connection, insert))
 
     def lookup(self, backend: str, query: str, top_k: int) -> tuple[str | None, list[dict]] | None:
         """(fingerprint, results) of the latest recorded search alike, None when there is none."""
@@ -218,29 +231,34 @@ class SearchDb:
             "INSERT OR REPLACE INTO paid_cache (key, results, at) VALUES (?, ?, ?)",
             (key, json.dumps(results, ensure_ascii=False), self.clock())))
 
+    @staticmethod
+    def _in_transaction(connection: sqlite3.Connection, action: Callable[[], Any]) -> Any:
+        """``action()`` in one write transaction. IMMEDIATE takes the write lock before the first
+        read, so no other process can read the same state in between and act on it too."""
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            result = action()
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
+
     def claim(self, run: str, limit: int | None) -> tuple[bool, int]:
         """Take one paid request of ``run`` when fewer than ``limit`` are taken: (taken, count after)."""
         connection = self._connection()
 
-        def transaction() -> tuple[bool, int]:
-            # IMMEDIATE takes the write lock before the read, so no other process can read the same
-            # count in between and take the last request too.
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                row = connection.execute("SELECT count FROM paid_requests WHERE run = ?", (run,)).fetchone()
-                count = 0 if row is None else row[0]
-                if limit is not None and count >= limit:
-                    connection.execute("ROLLBACK")
-                    return False, count
-                connection.execute("INSERT OR REPLACE INTO paid_requests (run, count) VALUES (?, ?)", (run, count + 1))
-                connection.execute("COMMIT")
-                return True, count + 1
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
+        def take() -> tuple[bool, int]:
+            row = connection.execute("SELECT count FROM paid_requests WHERE run = ?", (run,)).fetchone()
+            count = 0 if row is None else row[0]
+            if limit is not None and count >= limit:
+                return False, count  # nothing written: the commit only lets go of the lock
+            connection.execute("INSERT OR REPLACE INTO paid_requests (run, count) VALUES (?, ?)", (run, count + 1))
+            return True, count + 1
 
-        return self._guard(transaction)
+        # The read and the increment in one write transaction: two processes never take the last request both.
+        return self._guard(lambda: self._in_transaction(connection, take))
 
     def paid_count(self, run: str) -> int:
         connection = self._connection()
