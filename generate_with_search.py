@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
+from search_r1_slime.search_db import BudgetSpent
 from search_r1_slime.search_slots import SearchSlot, SlotTimeout
 from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, check_section_name, uploaded_secret_problems
 
@@ -67,6 +68,8 @@ INFORMATION_TAIL = "</information>\n\n"
 # What the model reads when a search fails or finds nothing: never an empty <information>.
 SEARCH_FAILED_TEXT = "Search failed: no documents could be retrieved for this query."
 NO_RESULTS_TEXT = "No documents were found for this query."
+# What the model reads once the run's paid searches (search_r1.search_db.max_paid_requests) are spent.
+BUDGET_SPENT_TEXT = "Search unavailable: this run's budget for paid searches is spent. Answer with what you already know."
 # What a blank <search> </search> gets, without asking any backend: there is nothing to search for.
 EMPTY_QUERY_TEXT = "The search query was empty, so nothing was searched. Put the query between <search> and </search>."
 
@@ -138,14 +141,28 @@ def parse_action(turn_text: str) -> tuple[str | None, str]:
 
 
 async def search(query: str, config: Mapping[str, Any]) -> list[dict]:
-    """Run one query on the configured backend; raises ``RequestFailed`` when it cannot."""
+    """Run one query on the configured backend; raises ``RequestFailed`` when it cannot.
+
+    With ``search_r1.search_db.path`` the search goes through the search database (recorded,
+    replayed, paid once, budgeted: ``search_r1_slime.search_db``), which may raise ``BudgetSpent``
+    (a ``RequestFailed``) or, in strict replay, ``ReplayError``.
+    """
+    if config["search_db"]["path"] is None:
+        return await _ask_backend(query, config, None)
+    from search_r1_slime import search_db
+
+    return await search_db.search(query, config, functools.partial(_ask_backend, query, config))
+
+
+async def _ask_backend(query: str, config: Mapping[str, Any], ledger: Any) -> list[dict]:
     if config["search_backend"] == "local":
         from local_search_server import local_search
 
         return await local_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **config["local"])
     from google_search_server import google_search
 
-    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **config["google"])
+    paid = {} if ledger is None else {"ledger": ledger}  # search_db's paid-search cache and budget
+    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **paid, **config["google"])
 
 
 async def _information_body(query: str, config: Mapping[str, Any], metrics: dict[str, Any]) -> str:
@@ -161,6 +178,9 @@ async def _information_body(query: str, config: Mapping[str, Any], metrics: dict
                 results = await search(query, config)
             finally:
                 metrics["search_latencies"].append(time.monotonic() - started)
+    except BudgetSpent:
+        metrics["search_failures"] += 1
+        return BUDGET_SPENT_TEXT  # search_db logged why, once per process
     except RequestFailed as exc:
         metrics["search_failures"] += 1
         metrics["search_slot_timeouts"] += int(isinstance(exc, SlotTimeout))
@@ -180,6 +200,14 @@ def _client_stats() -> dict[str, int]:
     from local_search_server import local_search_stats
 
     return dataclasses.asdict(local_search_stats())
+
+
+def _db_stats(config: Mapping[str, Any]) -> dict[str, float]:
+    """The search database's counters of this process (search_r1_slime.rollout_metrics reads a
+    rollout's window of them, as of the local client's)."""
+    from search_r1_slime.search_db import stats
+
+    return stats(config["search_db"])
 
 
 # ---------------------------------------------------------------------------- tokens
@@ -434,6 +462,9 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     local_backend = config["search_backend"] == "local"
     if local_backend:
         metrics["client_stats_start"] = _client_stats()
+    uses_search_db = config["search_db"]["path"] is not None
+    if uses_search_db:
+        metrics["db_stats_start"] = _db_stats(config)
     # no_stop_trim: the closing tag must stay in the text (slime sets it too); a trimmed text would
     # hide the action from the parser while its tokens are still in the response.
     request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop")), "no_stop_trim": True}
@@ -485,6 +516,8 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
 
     if local_backend:
         metrics["client_stats_end"] = _client_stats()
+    if uses_search_db:
+        metrics["db_stats_end"] = _db_stats(config)
     if replay:
         _cover_trailing_observation(sample)
     if not config["return_logprob"]:

@@ -32,6 +32,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from typing import Any
@@ -39,9 +40,11 @@ from typing import Any
 import chardet
 from yarl import URL
 
+from local_dense_retriever.fingerprint import fingerprint_id
 from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, excerpt, proxy_kwargs, request_json, shared_session
 from search_r1_slime.public_web import host_problem
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
+from search_r1_slime.search_db import PaidLedger
 from search_r1_slime.settings import DEFAULTS, SERPER_API_KEY_ENV, SearchR1Config, resolve_secret
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,17 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _USER_AGENT = "Mozilla/5.0 (compatible; search-r1-slime/0.1)"
 
 _CACHE: PerLoop[SearchCache] = PerLoop(SearchCache)
+# The country and language serper.dev is asked for: part of every request and of the fingerprint.
+_LOCALE = {"gl": "us", "hl": "en"}
+
+
+def fingerprint(google: Mapping[str, Any]) -> str:
+    """The id of what answers a Google search: the provider and the settings (``search_r1.google``)
+    that shape its answer, never the key (see local_dense_retriever/fingerprint.py)."""
+    parts = {"provider": "serper.dev", "endpoint": google["endpoint"], **_LOCALE, "snippet_only": google["snippet_only"]}
+    if not google["snippet_only"]:
+        parts.update(page_max_bytes=google["page_max_bytes"], allow_private_pages=google["allow_private_pages"])
+    return fingerprint_id(parts)
 
 
 def google_search_stats() -> CacheStats:
@@ -86,13 +100,16 @@ async def google_search(
     timeout: float = DEFAULTS.search_timeout,
     proxy: str | None = DEFAULTS.google.proxy,
     snippet_only: bool = DEFAULTS.google.snippet_only,
+    ledger: PaidLedger | None = None,
     **settings: Any,
 ) -> list[dict]:
     """Search Google through serper.dev; see the module docstring for what comes back.
 
     ``timeout`` bounds the whole search (retries and page fetching included). ``settings``: the
     other keys of ``search_r1.google`` (``search_r1_slime.settings.GoogleSettings``: defaults and
-    ranges), checked like the configuration (``ConfigError`` names a bad one). Raises
+    ranges), checked like the configuration (``ConfigError`` names a bad one). ``ledger``: the
+    search database's paid-search cache and budget (``search_db.PaidLedger``), which every request
+    that would be sent goes through. Raises
     ``ValueError`` when no API key is configured, ``http_client.RequestFailed`` when serper.dev
     does not answer properly in time, or at once for a blank query (never sent: it would be paid for).
     """
@@ -122,6 +139,8 @@ async def google_search(
     )
 
     async def run() -> list[dict]:
+        if ledger is not None:
+            return await ledger.pay(query, top_k, lambda: _search(key, query, top_k, plan))
         return await _search(key, query, top_k, plan)
 
     return await _CACHE.get().get_or_run(
@@ -150,7 +169,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
     body = await request_json(
         "POST",
         settings.endpoint,
-        json={"q": query, "num": top_k, "gl": "us", "hl": "en"},
+        json={"q": query, "num": top_k, **_LOCALE},
         headers={"X-API-KEY": key},
         policy=settings.policy,
         what="serper search",

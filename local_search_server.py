@@ -104,6 +104,9 @@ class _LoopState:
     round_robin: itertools.count = field(default_factory=itertools.count)
     batches: int = 0
     http_requests: int = 0
+    # The fingerprint on the latest answer of each server list (the server's, see
+    # local_dense_retriever/fingerprint.py; None when it sends none, as upstream's server).
+    fingerprints: dict[tuple[str, ...], str | None] = field(default_factory=dict)
 
     def servers_in_order(self, servers: tuple[str, ...]) -> list[str]:
         """Round robin over the servers (``request_json`` skips the ones that are down)."""
@@ -115,6 +118,12 @@ class _LoopState:
 
 
 _STATE: PerLoop[_LoopState] = PerLoop(_LoopState)
+
+
+def local_search_fingerprint(search_url: str | list[str]) -> str | None:
+    """The fingerprint on the latest answer to a search of ``search_url`` in this event loop."""
+    servers = (search_url,) if isinstance(search_url, str) else tuple(search_url)
+    return _STATE.get().fingerprints.get(servers)
 
 
 def local_search_stats() -> LocalSearchStats:
@@ -192,7 +201,9 @@ async def _retrieve(route: _Route, queries: list[str], deadline: float, *, state
         if len(route.servers) > 1 and (exc.status is None or exc.status == 429 or exc.status >= 500):
             raise RequestFailed(f"all {len(route.servers)} retrieval servers failed: {exc}", status=exc.status) from None
         raise
-    return parse_retrieve_response(body, len(queries), route.secrets)
+    results = parse_retrieve_response(body, len(queries), route.secrets)
+    state.fingerprints[route.servers] = body.get("fingerprint")
+    return results
 
 
 def parse_retrieve_response(body: Any, n_queries: int, secrets: tuple[str, ...] = ()) -> list[list[dict]]:

@@ -261,18 +261,23 @@ def measure(args: argparse.Namespace) -> bool:
         servers.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.search_client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The GRPO-shaped load's flags (also bench/record.py's)."""
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt (GRPO n)")
     parser.add_argument("--turns", type=int, default=2)
     parser.add_argument("--variants", type=int, default=4, help="distinct follow-up queries per prompt after turn 1")
     parser.add_argument("--spread-ms", type=float, default=200.0, help="generation time before a search: uniform 0..this")
-    parser.add_argument("--servers", type=int, default=3, help="the most retrieval servers behind the client")
-    parser.add_argument("--kill-at", type=float, default=0.6, help="fraction of the searches done when a server is killed")
     parser.add_argument("--server-threads", type=int, default=1, help="torch threads of each server process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "_work" / "demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.search_client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_load_arguments(parser)
+    parser.add_argument("--servers", type=int, default=3, help="the most retrieval servers behind the client")
+    parser.add_argument("--kill-at", type=float, default=0.6, help="fraction of the searches done when a server is killed")
     args = parser.parse_args(argv)
     if args.servers < 2:
         parser.error("--servers must be at least 2: the last run kills one of them")

@@ -1,8 +1,9 @@
 """The ``/retrieve`` wire format (Search-R1's; docs/protocols.md, "The retrieval API"): request validation and response shapes.
 
 Request: ``{"queries": [str, ...], "topk": int | null, "return_scores": bool}``.
-Response: ``{"result": [per-query list]}`` where an item is the passage (``{"id", "contents"}``)
-or, with ``return_scores``, ``{"document": passage, "score": float}``. A client written for
+Response: ``{"result": [per-query list], "fingerprint": str}`` where an item is the passage
+(``{"id", "contents"}``) or, with ``return_scores``, ``{"document": passage, "score": float}``;
+``fingerprint`` (ours, ignored by upstream's clients) names what answered (``fingerprint.py``). A client written for
 upstream's server sends the same body and reads the same answer. Other fields are ignored, as
 upstream's server ignored them, except a near miss of a field's name (``top_k``, ``returnScores``,
 ``query``): that is a client's typo, which would otherwise be served with the default silently, so
@@ -124,6 +125,7 @@ class RetrieveResponse(BaseModel):
     result: list[list[Passage]] | list[list[ScoredPassage]] = Field(
         description="one list per query, best first; at most topk passages (fewer when fewer match)"
     )
+    fingerprint: str = Field(description="the id of the index, corpus, encoder and settings that answered (see /health)")
 
 
 class ErrorMessage(BaseModel):
@@ -146,6 +148,7 @@ class Health(BaseModel):
     error: str | None = Field(default=None, description="why loading failed")
     passages: int | None = None
     searcher: dict[str, Any] | None = None
+    fingerprint: dict[str, Any] | None = Field(default=None, description="id and parts of what answers searches")
     served: dict[str, Any] | None = None
 
 

@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from typing import TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
 from fastapi.responses import Response
@@ -35,10 +36,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from local_dense_retriever.api import HEALTH_RESPONSES, format_result, request_model, retrieve_responses
 from local_dense_retriever.batcher import MicroBatcher, Overloaded
+from local_dense_retriever.fingerprint import server_fingerprint
 from local_dense_retriever.retriever import Hit, Retriever, load_retriever
 from local_dense_retriever.server_config import RETRY_AFTER_S, ServerConfig
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class _State:
@@ -50,6 +54,7 @@ class _State:
         # Set once the load has ended, either way (status is then "ready" or "failed"): what the
         # Ray Serve deployment's health check waits for (local_dense_retriever/serve_app.py).
         self.settled = asyncio.Event()
+        self.fingerprint: dict | None = None  # fingerprint.server_fingerprint, once loaded
 
 
 def _json(content: dict, status_code: int = 200, headers: dict | None = None) -> Response:
@@ -150,7 +155,7 @@ class RequestLog:
             )
 
 
-async def _in_daemon_thread(fn: Callable[[ServerConfig], Retriever], config: ServerConfig) -> Retriever:
+async def _in_daemon_thread(fn: Callable[[ServerConfig], T], config: ServerConfig) -> T:
     """``fn(config)`` in a daemon thread: a signal during a minutes-long load stops the server at once.
 
     ``asyncio.to_thread`` runs it in the loop's executor, whose threads ``asyncio.run`` and the
@@ -158,9 +163,9 @@ async def _in_daemon_thread(fn: Callable[[ServerConfig], Retriever], config: Ser
     daemon thread is left behind instead, with its half-done load.
     """
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Retriever] = loop.create_future()
+    future: asyncio.Future[T] = loop.create_future()
 
-    def settle(result: Retriever | None, error: BaseException | None) -> None:
+    def settle(result: T | None, error: BaseException | None) -> None:
         if future.done():  # cancelled: the server is stopping
             return
         if error is not None:
@@ -201,9 +206,13 @@ def create_app(
     """Build the app. ``load`` builds the retriever (tests may pass a prepared one)."""
     state = _State()
 
+    def load_and_fingerprint(config: ServerConfig) -> tuple[Retriever, dict]:
+        retriever = load(config)
+        return retriever, server_fingerprint(config, retriever)
+
     async def load_in_background() -> None:
         try:
-            retriever = await _in_daemon_thread(load, config)
+            retriever, fingerprint = await _in_daemon_thread(load_and_fingerprint, config)
         except Exception as exc:
             if isinstance(exc, (ValueError, OSError)):  # a wrong file, flag or model: the reason says it all
                 logger.error("loading the retriever failed: %s", " ".join(str(exc).split()))
@@ -222,9 +231,9 @@ def create_app(
             max_pending_queries=config.max_pending_queries,
         )
         batcher.start()
-        state.retriever, state.batcher, state.status = retriever, batcher, "ready"
+        state.retriever, state.batcher, state.fingerprint, state.status = retriever, batcher, fingerprint, "ready"
         state.settled.set()
-        logger.info("retriever ready: %d passages", len(retriever))
+        logger.info("retriever ready: %d passages, fingerprint %s", len(retriever), fingerprint["id"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -254,6 +263,7 @@ def create_app(
         if state.retriever is not None:
             body["passages"] = len(state.retriever)
             body["searcher"] = state.retriever.searcher.describe()
+            body["fingerprint"] = state.fingerprint
             if (reranker := state.retriever.describe_reranker()) is not None:
                 body["reranker"] = reranker
         if state.batcher is not None:
@@ -294,7 +304,8 @@ def create_app(
             return _json({"detail": f"server overloaded: {exc}; retry shortly"}, 503, {"Retry-After": str(RETRY_AFTER_S)})
         except Exception as exc:  # the batch failed (logged with its traceback by the worker)
             return _json({"detail": f"retrieval failed: {type(exc).__name__}: {exc}"}, 500)
-        return _json(format_result(hits, request.return_scores))
+        # A field Search-R1's clients ignore: which index, corpus and encoder gave this answer.
+        return _json({**format_result(hits, request.return_scores), "fingerprint": state.fingerprint["id"]})
 
     return app
 

@@ -19,6 +19,10 @@ reward of the ``--config`` (``search_r1_slime.rewards``: the same terms slime lo
 LLM judge (``search_r1_slime.judge``) about every answer: a ``judge`` row (mean@K and pass@K over the
 samples it judged; the ones it could not judge are counted and left out).
 
+Reproducing an evaluation: with ``search_r1.search_db`` in ``--config`` every search is recorded
+(docs/reproducibility.md); ``--replay FILE`` answers every search from such a record instead, in
+strict mode, so the same model and sampling give the same scores with no search backend running.
+
 Before the first trajectory every input is checked (the data, the search configuration, the
 tokenizer, that SGLang answers, and the search backend as ``search-r1-preflight`` checks it); a
 problem is one ``ERROR:`` line and exit status 1. Trajectories that SGLang failed count as wrong
@@ -439,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrency", type=int, default=64, help="trajectories in flight at once")
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
+    parser.add_argument("--replay", type=Path, metavar="FILE",
+                        help="answer every search from this search database (search_r1.search_db, strict replay): "
+                             "no search backend is asked, none needs to run; a search it lacks stops the evaluation")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--judge-url", help="an LLM judge's /v1/chat/completions URL: adds its verdicts as a 'judge' row "
                         "(its other settings and key: search_r1.judge in --config, or JUDGE_API_KEY)")
@@ -467,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse(str(exc))
 
     from generate_with_search import resolve_config
+    from search_r1_slime import search_db
     from search_r1_slime.preflight import load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
@@ -477,21 +485,26 @@ def main(argv: list[str] | None = None) -> int:
         overrides = load_search_overrides(cli.config)
         if cli.judge_url is not None:
             overrides = {**overrides, "judge": {**(overrides.get("judge") or {}), "url": cli.judge_url}}
-        resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
+        if cli.replay is not None:
+            overrides = {**overrides, "search_db": {**overrides.get("search_db", {}), "path": str(cli.replay),
+                                                    "replay": "strict", "record": False}}
+        config = resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
+        if config["search_db"]["path"] is not None:
+            search_db.database(config["search_db"]).check()
         rows = read_rows(cli.data, cli.limit)
         check_model("--hf-checkpoint", cli.hf_checkpoint)
     except ConfigError as exc:
         problems = exc.problems
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # SearchDbError included
         problems = [str(exc)]
     else:
         problems = []
     if not problems:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
-        if not cli.skip_preflight:
+        if not cli.skip_preflight and cli.replay is None:
             problems += search_problems(overrides)
         if cli.judge_url is not None or overrides.get("reward") == "judge":
-            problems += [p for p in [judge_problem(resolve_config(SimpleNamespace(search_r1=overrides))["judge"])] if p]
+            problems += [p for p in [judge_problem(config["judge"])] if p]
     if not problems:
         problems = [p for p in [tokenizer_problem(cli.hf_checkpoint, rows[0]["prompt"])] if p is not None]
     if problems:
@@ -508,9 +521,13 @@ def main(argv: list[str] | None = None) -> int:
         judge=cli.judge_url is not None,
     )
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
-    records = asyncio.run(
-        run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
-    )
+    try:
+        records = asyncio.run(
+            run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
+        )
+    except (search_db.ReplayError, search_db.SearchDbError) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 1
 
     failed = [record for record in records if record["status"] == EvalSample.Status.FAILED.value]
     failure = (

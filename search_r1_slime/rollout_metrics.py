@@ -33,6 +33,7 @@ PREFIX = "search_r1/"
 SINK_MODULES = ("slime.observability.logging_utils", "slime.utils.logging_utils", "slime.utils.tracking_utils")
 STEP_MODULES = ("slime.observability.metric_utils", "slime.utils.metric_utils")
 CLIENT_COUNTERS = ("sent", "cache_hits", "in_flight_hits", "http_requests")
+DB_COUNTERS = ("paid", "paid_cache_hits", "budget_refusals")
 
 
 def _ratio(metrics: dict[str, float], name: str, part: float, whole: float) -> None:
@@ -52,13 +53,14 @@ def _exact_match(sample: Any) -> int | None:
     return 0 if answer is None else em_check(answer, targets)
 
 
-def _client_window(traces: Sequence[Mapping[str, Any]]) -> dict[str, int] | None:
-    """The local client's traffic during the rollout: its counters at the last trajectory's end
-    minus those at the first trajectory's start (counters only grow, on one event loop)."""
-    spans = [(t["client_stats_start"], t["client_stats_end"]) for t in traces if "client_stats_end" in t]
+def _window(traces: Sequence[Mapping[str, Any]], name: str, counters: Sequence[str]) -> dict[str, float] | None:
+    """What a counter snapshot ``name`` (``client_stats``, ``db_stats``) grew by during the rollout:
+    the counters at the last trajectory's end minus those at the first trajectory's start
+    (counters only grow, in one process)."""
+    spans = [(t[f"{name}_start"], t[f"{name}_end"]) for t in traces if f"{name}_end" in t]
     if not spans:
         return None
-    return {key: max(end[key] for _, end in spans) - min(start[key] for start, _ in spans) for key in CLIENT_COUNTERS}
+    return {key: max(end[key] for _, end in spans) - min(start[key] for start, _ in spans) for key in counters}
 
 
 def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, float]:
@@ -102,12 +104,20 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
         if seconds:
             metrics[f"{name}/p50"] = float(np.percentile(seconds, 50))
             metrics[f"{name}/p99"] = float(np.percentile(seconds, 99))
-    window = _client_window(traces) if client else None
+    window = _window(traces, "client_stats", CLIENT_COUNTERS) if client else None
     if window is not None:
         queries = window["sent"] + window["cache_hits"] + window["in_flight_hits"]
         _ratio(metrics, "local/cache_hit_ratio", window["cache_hits"], queries)
         _ratio(metrics, "local/in_flight_share_ratio", window["in_flight_hits"], queries)
         _ratio(metrics, "local/retriever_requests_per_query", window["http_requests"], queries)
+    paid = _window(traces, "db_stats", DB_COUNTERS) if client else None
+    if paid is not None:
+        # The run's paid requests, every worker's together, as this process last saw the counter row.
+        ends = [t["db_stats_end"] for t in traces if "db_stats_end" in t]
+        metrics["paid_requests"] = float(max(end["run_paid"] for end in ends))
+        metrics["paid_cost"] = float(max(end["run_cost"] for end in ends))
+        metrics["budget_refusals"] = float(paid["budget_refusals"])
+        _ratio(metrics, "paid_cache_hit_ratio", paid["paid_cache_hits"], paid["paid_cache_hits"] + paid["paid"])
     matches = [m for m in map(_exact_match, traced) if m is not None]
     if matches:
         metrics["exact_match"] = sum(matches) / len(matches)

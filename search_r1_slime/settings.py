@@ -276,6 +276,25 @@ class LldsSettings(_Section):
     gate: Literal["action", "response"] = "action"  # the paper's A-gate (one run of loss_mask) or R-gate
 
 
+class SearchDbSettings(_Section):
+    """``search_r1.search_db``: the search database: record, replay, paid-search cache and budget
+    (``search_r1_slime.search_db``; docs/reproducibility.md)."""
+
+    path: str | None = None  # one SQLite file shared by every rollout worker of the run; None: all off
+    record: bool = True  # write every search (query, backend, top_k, fingerprint, results, time)
+    # Answer searches from the record: "strict" fails on a search it lacks or a differing
+    # fingerprint; "lenient" asks the backend for those (and records them when record is on).
+    replay: Literal["off", "strict", "lenient"] = "off"
+    # The fingerprint replayed searches must carry (a retrieval server's /health shows its own);
+    # None: Google's is computed from search_r1.google, a local record must agree with itself.
+    expect_fingerprint: str | None = None
+    run: str = Field("default", min_length=1)  # the budget's counter: runs of one name share it
+    paid_cache_ttl: float = Field(7 * 24 * 3600.0, ge=0)  # seconds a paid answer is reused; 0: never
+    max_paid_requests: int | None = Field(None, ge=0)  # paid (Google) requests of the run; None: no cap
+    price_per_request: float = Field(0.0, ge=0)  # for the cost metric, in your currency
+    busy_timeout: float = Field(30.0, gt=0)  # seconds to wait for another worker's write
+
+
 class SearchR1Config(_Section):
     """``search_r1``: the whole plugin configuration."""
 
@@ -292,6 +311,7 @@ class SearchR1Config(_Section):
     search_backend: Literal["local", "google"] = "local"
     local: LocalSettings = Field(default_factory=LocalSettings)
     google: GoogleSettings = Field(default_factory=GoogleSettings)
+    search_db: SearchDbSettings = Field(default_factory=SearchDbSettings)
     # ---- training ----
     return_logprob: bool = True  # keep rollout log-probs (needed for TIS); False: rollout_log_probs=None
     format_score: float = Field(0.2, ge=0, le=1)  # reward of a well-formed trajectory with a wrong answer
@@ -329,6 +349,16 @@ class SearchR1Config(_Section):
                 f"search_r1.reward f1 gives partial credit, so Search-R1's format terms would pay a partly right answer "
                 f"less than a wrong one: set {', '.join(set_terms)} to 0 (search_r1.format_gate and "
                 "search_r1.format_penalty are F1's format terms)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _search_db_has_a_file(self) -> SearchR1Config:
+        db = self.search_db
+        if db.path is None and (db.replay != "off" or db.max_paid_requests is not None):
+            raise ValueError(
+                "search_r1.search_db.path must name the SQLite file that replay and max_paid_requests use "
+                "(one file shared by every rollout worker of the run)"
             )
         return self
 

@@ -19,7 +19,7 @@ from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
 
 def test_defaults_keep_upstreams_keys_and_values():
     local, google = SEARCH_R1_CONFIGS["local"], SEARCH_R1_CONFIGS["google"]
-    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge", "llds")}
+    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge", "llds", "search_db")}
     assert top == {
         "max_turns": 2,
         "topk": 3,

@@ -9,7 +9,8 @@ a response). ``loading_until`` (a ``time.monotonic()`` value): until then every 
 with ``Retry-After: retry_after`` and nothing else, as a server loading its index does.
 ``api_key``: requests without ``Authorization: Bearer <api_key>`` get 401, as the real server
 started with ``--api_key`` answers. ``stop()``/``start()`` take it down and up on the same port.
-``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
+``fingerprint``: sent on every answer, as our server names what answered (None: left out, as
+upstream's server does). ``request_cost_s`` + ``query_cost_s`` per query is the compute a request costs; like a real
 retriever (one encoder, one index) requests are served one at a time, so waiting callers queue.
 Strict about queries, as a server that validates whole requests is (ours before per-query answers):
 a request holding one blank query, or one longer than ``max_query_chars``, is refused whole
@@ -46,6 +47,7 @@ class FakeRetriever(LoopbackServer):
         max_query_chars: int = 4096,
         max_topk: int | None = None,
         max_body_bytes: int | None = None,
+        fingerprint: str | None = None,
     ):
         self.corpus = corpus
         self.requests: list[dict] = []
@@ -57,6 +59,7 @@ class FakeRetriever(LoopbackServer):
         self.max_query_chars = max_query_chars
         self.max_topk = max_topk
         self.max_body_bytes = max_body_bytes
+        self.fingerprint = fingerprint
         self.loading_until = 0.0
         self.retry_after = "0.2"
         self.refused: list[dict] = []  # bodies answered 503 (loading) or 401 (no token), not in ``requests``
@@ -120,4 +123,4 @@ class FakeRetriever(LoopbackServer):
                 results.append([{"document": d, "score": 1.0 - i / 10} for i, d in enumerate(docs)])
             else:
                 results.append(docs)
-        return web.json_response({"result": results})
+        return web.json_response({"result": results, **({} if self.fingerprint is None else {"fingerprint": self.fingerprint})})
