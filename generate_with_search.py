@@ -46,6 +46,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from search_r1_slime import page_tool
 from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
 from search_r1_slime.search_slots import SearchSlot, SlotTimeout
 from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, check_section_name, uploaded_secret_problems
@@ -131,9 +132,10 @@ def passages_to_string(results: list[dict]) -> str:
     return "".join(lines)
 
 
-def parse_action(turn_text: str) -> tuple[str | None, str]:
-    """Search-R1's action parser: the first ``<search>``/``<answer>`` pair, content stripped."""
-    match = _ACTION.search(turn_text)
+def parse_action(turn_text: str, pattern: re.Pattern = _ACTION) -> tuple[str | None, str]:
+    """Search-R1's action parser: the first ``<search>``/``<answer>`` pair, content stripped
+    (``pattern``: with the page tool's tag too, ``_actions``)."""
+    match = pattern.search(turn_text)
     return (match.group(1), match.group(2).strip()) if match else (None, "")
 
 
@@ -145,7 +147,16 @@ async def search(query: str, config: Mapping[str, Any]) -> list[dict]:
         return await local_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **config["local"])
     from google_search_server import google_search
 
-    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **config["google"])
+    links = {"with_links": True} if config["access"]["enabled"] else {}
+    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **config["google"], **links)
+
+
+def _actions(config: Mapping[str, Any]) -> tuple[re.Pattern, tuple[str, ...]]:
+    """The action pattern and the stop strings: Search-R1's two, plus the page tool's when it is on."""
+    if not config["access"]["enabled"]:
+        return _ACTION, _ACTION_STOPS
+    tag = config["access"]["tag"]
+    return re.compile(rf"<(search|answer|{re.escape(tag)})>(.*?)</\1>", re.DOTALL), (*_ACTION_STOPS, f"</{tag}>")
 
 
 async def _information_body(query: str, config: Mapping[str, Any], metrics: dict[str, Any]) -> str:
@@ -168,7 +179,8 @@ async def _information_body(query: str, config: Mapping[str, Any], metrics: dict
         return SEARCH_FAILED_TEXT
     finally:
         metrics["search_slot_waits"].append(slot.waited)
-    body = passages_to_string(results).strip()
+    show = page_tool.passages_with_links if config["access"]["enabled"] else passages_to_string
+    body = show(results).strip()
     if not body:
         metrics["search_no_results"] += 1
     return body or NO_RESULTS_TEXT
@@ -326,9 +338,25 @@ def _start(args: Any, sample: Any, tokenizer, evaluation: bool) -> dict[str, Any
     return metrics
 
 
-def _stop_list(stop: str | list[str] | None) -> list[str]:
+def _stop_list(stop: str | list[str] | None, actions: tuple[str, ...] = _ACTION_STOPS) -> list[str]:
     caller = [stop] if isinstance(stop, str) else list(stop or [])
-    return list(dict.fromkeys([*caller, *_ACTION_STOPS]))
+    return list(dict.fromkeys([*caller, *actions]))
+
+
+def _room(config: Mapping[str, Any], budget: int, sample: Any) -> int:
+    """Tokens the trajectory may still add: the response budget left, and the context budget
+    left when ``max_context_tokens`` is set."""
+    room = budget - sample.response_length
+    if config["max_context_tokens"] is not None:
+        room = min(room, config["max_context_tokens"] - len(sample.tokens))
+    return room
+
+
+def _deep_mode(config: Mapping[str, Any]) -> bool:
+    """The page tool or a long-horizon budget is on (docs/deep_research.md); off, the turn loop is Search-R1's."""
+    return bool(
+        config["access"]["enabled"] or config["max_tool_calls"] or config["answer_reserve_tokens"] or config["max_context_tokens"]
+    )
 
 
 def _routing_headers(args: Any, sample: Any) -> dict[str, str] | None:
@@ -410,6 +438,46 @@ def _fail(sample: Any, exc: RequestFailed) -> None:
     sample.metadata["search_r1"]["generate_error"] = str(exc)
 
 
+async def _deep_round(
+    sample: Any, args: Any, tokenizer, config: Mapping[str, Any], budget: int, metrics: dict[str, Any], action: str | None, content: str
+) -> None:
+    """One tool round in deep-research mode (docs/deep_research.md): run the action, append its
+    observation, and decide whether the next turn is the final one (then say so to the model).
+
+    With ``answer_reserve_tokens`` > 0 the tokens left above the reserve bound each observation,
+    and the round in which fewer than one observation's cap are left above it is the last tool
+    round. ``max_tool_calls`` ends tool use after that many searches and page reads.
+    """
+    reserve = config["answer_reserve_tokens"]
+    tool = action not in (None, "search", "answer")  # the page tool's tag
+    cap = config["access"]["max_obs_tokens"] if tool else config["max_obs_tokens"]
+    largest = max(config["max_obs_tokens"], config["access"]["max_obs_tokens"] if config["access"]["enabled"] else 0)
+    room = _room(config, budget, sample)
+    limit = min(cap, room - reserve)
+    if reserve and room - reserve <= largest:
+        metrics["final_turn"] = "tokens"
+    if action is None:
+        metrics["invalid_actions"] += 1
+    else:  # a search or a page read: "answer" ended the trajectory before this round
+        metrics["tool_calls"] += 1
+        if config["max_tool_calls"] is not None and metrics["tool_calls"] >= config["max_tool_calls"]:
+            metrics["final_turn"] = metrics["final_turn"] or "tool_calls"
+    if limit > 0:
+        if action == "search":
+            head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), INFORMATION_TAIL
+        elif tool:
+            head, body, tail = INFORMATION_HEAD, await page_tool.access_body(content, config, metrics), INFORMATION_TAIL
+        else:
+            head, body, tail = "", INVALID_ACTION_MESSAGE, ""
+        obs_ids, obs_text, cut = fit_observation(tokenizer, head, body, tail, limit)
+        metrics["obs_truncated"] += int(cut)
+        page_tool.note_seen(metrics, obs_text)
+        _append(sample, args, obs_ids, None, obs_text, None)
+    if metrics["final_turn"] and (room := _room(config, budget, sample)) > 0:
+        notice_ids, notice_text, _ = fit_observation(tokenizer, "", page_tool.FINAL_TURN_NOTICE, "", room)
+        _append(sample, args, notice_ids, None, notice_text, None)
+
+
 async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False) -> Any:
     """slime's custom generate hook: run one Search-R1 trajectory for ``sample``.
 
@@ -426,19 +494,23 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     replay = getattr(args, "use_rollout_routing_replay", False)
     headers = _routing_headers(args, sample)
     metrics = _start(args, sample, tokenizer, evaluation)
+    deep = _deep_mode(config)
+    if deep and "tool_calls" not in metrics:
+        metrics.update(page_tool.new_metrics())
+    pattern, action_stops = _actions(config)
     turn_text = metrics.pop("partial_turn_text", "")
     local_backend = config["search_backend"] == "local"
     if local_backend:
         metrics["client_stats_start"] = _client_stats()
     # no_stop_trim: the closing tag must stay in the text (slime sets it too); a trimmed text would
     # hide the action from the parser while its tokens are still in the response.
-    request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop")), "no_stop_trim": True}
+    request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop"), action_stops), "no_stop_trim": True}
     url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}/generate"
 
     while True:
         # An abort can land on the very token that closed the action; that turn is then complete.
-        if parse_action(turn_text)[0] is None:
-            remaining = budget - sample.response_length
+        if parse_action(turn_text, pattern)[0] is None:
+            remaining = _room(config, budget, sample)
             if remaining <= 0:
                 sample.status = Status.TRUNCATED
                 break
@@ -459,16 +531,19 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
                 sample.status = Status.ABORTED
                 break
             if finish == "length":
-                _count_action(metrics, parse_action(turn_text)[0])
+                _count_action(metrics, parse_action(turn_text, pattern)[0])
                 sample.status = Status.TRUNCATED
                 break
-        action, content = parse_action(turn_text)
+        action, content = parse_action(turn_text, pattern)
         _count_action(metrics, action)
         turn_text = ""
-        if action == "answer" or metrics["turns"] >= config["max_turns"]:
+        if action == "answer" or metrics["turns"] >= config["max_turns"] or (deep and metrics["final_turn"]):
             sample.status = Status.COMPLETED
             break
         metrics["turns"] += 1
+        if deep:
+            await _deep_round(sample, args, tokenizer, config, budget, metrics, action, content)
+            continue
         if action == "search":
             head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), INFORMATION_TAIL
         else:
