@@ -495,6 +495,8 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     headers = _routing_headers(args, sample)
     metrics = _start(args, sample, tokenizer, evaluation)
     deep = _deep_mode(config)
+    if config["access"]["enabled"]:
+        page_tool.require_extractor()
     if deep and "tool_calls" not in metrics:
         metrics.update(page_tool.new_metrics())
     pattern, action_stops = _actions(config)

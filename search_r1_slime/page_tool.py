@@ -88,6 +88,16 @@ class _Transient(Exception):
         self.kind = kind
 
 
+def require_extractor() -> None:
+    """Fail before the first generation, with the fix, when the extraction library is missing."""
+    try:
+        import trafilatura  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"search_r1.access.enabled needs trafilatura ({exc}): pip install 'search-r1-slime[deep_research]'"
+        ) from exc
+
+
 def extract_main_text(raw: bytes, charset: str | None) -> str:
     """The main text of an HTML page, one paragraph a line (trafilatura: boilerplate dropped,
     tables kept, comments left out)."""
@@ -168,7 +178,10 @@ async def access_body(content: str, config: Mapping[str, Any], metrics: dict[str
         read = PageRead(failure="not_seen", reason="only a URL shown in an earlier result can be opened")
     else:
         started = time.monotonic()
-        read = await read_page(url, settings, on_fetch=lambda: metrics.__setitem__("access_fetches", metrics["access_fetches"] + 1))
+        def fetching() -> None:  # this trajectory's read is the one that goes out
+            metrics["access_fetches"] += 1
+
+        read = await read_page(url, settings, on_fetch=fetching)
         metrics["access_latencies"].append(time.monotonic() - started)
     if read.failure is not None:
         metrics["access_failures"][read.failure] += 1
