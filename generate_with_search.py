@@ -462,20 +462,23 @@ async def _deep_round(
         metrics["tool_calls"] += 1
         if config["max_tool_calls"] is not None and metrics["tool_calls"] >= config["max_tool_calls"]:
             metrics["final_turn"] = metrics["final_turn"] or "tool_calls"
-    if limit > 0:
-        if action == "search":
-            head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), INFORMATION_TAIL
-        elif tool:
-            head, body, tail = INFORMATION_HEAD, await page_tool.access_body(content, config, metrics), INFORMATION_TAIL
-        else:
-            head, body, tail = "", INVALID_ACTION_MESSAGE, ""
-        obs_ids, obs_text, cut = fit_observation(tokenizer, head, body, tail, limit)
-        metrics["obs_truncated"] += int(cut)
-        page_tool.note_seen(metrics, obs_text)
-        _append(sample, args, obs_ids, None, obs_text, None)
-    if metrics["final_turn"] and (room := _room(config, budget, sample)) > 0:
-        notice_ids, notice_text, _ = fit_observation(tokenizer, "", page_tool.FINAL_TURN_NOTICE, "", room)
-        _append(sample, args, notice_ids, None, notice_text, None)
+    notice = page_tool.FINAL_TURN_NOTICE if metrics["final_turn"] else ""
+    if limit <= 0:  # the model's own turn used the room above the reserve: no tool runs
+        if notice and room > 0:
+            ids, text, _ = fit_observation(tokenizer, "", notice, "", room)
+            _append(sample, args, ids, None, text, None)
+        return
+    if action == "search":
+        head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), notice + INFORMATION_TAIL
+    elif tool:
+        head, body, tail = INFORMATION_HEAD, await page_tool.access_body(content, config, metrics), notice + INFORMATION_TAIL
+    else:
+        head, body, tail = "", INVALID_ACTION_MESSAGE, notice
+    # A cut shortens the body: the notice and the closing tag stay.
+    obs_ids, obs_text, cut = fit_observation(tokenizer, head, body, tail, limit)
+    metrics["obs_truncated"] += int(cut)
+    page_tool.note_seen(metrics, obs_text)
+    _append(sample, args, obs_ids, None, obs_text, None)
 
 
 async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False) -> Any:
@@ -590,4 +593,4 @@ async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
             "sample.label must look like {'ground_truth': {'target': [answers...]}} (run slime with "
             f"--label-key reward_model on Search-R1 data), got {sample.label!r}"
         ) from exc
-    return float(compute_score_em(_assistant_turn(sample), targets, format_score=config["format_score"]))
+    return float(compute_score_em(page_tool.as_search_structure(_assistant_turn(sample), config), targets, format_score=config["format_score"]))

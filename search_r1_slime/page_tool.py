@@ -30,9 +30,11 @@ import aiohttp
 from search_r1_slime.http_client import PerLoop, proxy_kwargs
 from search_r1_slime.search_cache import CacheStats, SearchCache
 
-# What the model reads after its last tool round when a budget (tool calls, response or context
-# tokens) ended the tool use: its next turn is the final one, as after max_turns.
-FINAL_TURN_NOTICE = "\nThe budget for tools is used up: no more searches or pages. Give the final answer now between <answer> and </answer>.\n"
+# What the model reads at the end of its last tool round's observation (inside the
+# <information> block, so the format check still sees Search-R1's structure) when a budget (tool
+# calls, response or context tokens) ended the tool use: its next turn is the final one, as after
+# max_turns. No tags in it: the format check would read them.
+FINAL_TURN_NOTICE = "\nThe budget for tools is used up: no more searches or pages. Give your final answer now."
 
 # Failure kinds, each counted per trajectory (search_r1/access/<kind>_ratio).
 FAILURE_KINDS = ("not_seen", "refused", "timeout", "http_status", "not_text", "too_big", "redirects", "no_text", "unreachable")
@@ -149,6 +151,14 @@ async def read_page(url: str, settings: Mapping[str, Any], on_fetch: Any = None)
         )
     except _Transient as exc:
         return PageRead(failure=exc.kind, reason=str(exc))
+
+
+def as_search_structure(response: str, config: Mapping[str, Any]) -> str:
+    """The response as Search-R1's format check reads it: a page read has the structure of a search
+    (a tool call, then its ``<information>``), so with the page tool on its tag is read as ``search``."""
+    if not config["access"]["enabled"]:
+        return response
+    return re.sub(rf"<(/?){re.escape(config['access']['tag'])}>", r"<\1search>", response)
 
 
 def new_metrics() -> dict[str, Any]:
