@@ -30,13 +30,14 @@ served hundreds of tiny requests one by one. Here:
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json, scrub
+from search_r1_slime.batching import Coalescer
+from search_r1_slime.http_client import PerLoop, RequestFailed, RetryPolicy, proxy_kwargs, request_json
 from search_r1_slime.search_cache import CacheStats, SearchCache, cache_key, document, refuse_blank
 from search_r1_slime.settings import DEFAULTS, RETRIEVAL_API_KEY_ENV, SearchR1Config, resolve_secret
 
@@ -76,7 +77,7 @@ class LocalSearchStats(CacheStats):
 @dataclass
 class _LoopState:
     cache: SearchCache = field(default_factory=SearchCache)
-    coalescers: dict[_Route, _QueryCoalescer] = field(default_factory=dict)
+    coalescers: dict[_Route, Coalescer[str, list[dict]]] = field(default_factory=dict)
     round_robin: itertools.count = field(default_factory=itertools.count)
     batches: int = 0
     http_requests: int = 0
@@ -129,69 +130,21 @@ async def local_search(
     state = _STATE.get()
     coalescer = state.coalescers.get(route)
     if coalescer is None:
-        coalescer = state.coalescers[route] = _QueryCoalescer(route, state)
+        coalescer = state.coalescers[route] = Coalescer(
+            functools.partial(_retrieve, route, state=state), max_items=route.max_queries_per_request,
+            wait=route.batch_wait, timeout=route.timeout, split=_refused_as_invalid, what="local search",
+            secrets=route.secrets,
+        )
     return await state.cache.get_or_run(
         cache_key("local", servers, query, top_k), lambda: coalescer.submit(query), use_cache=local.cache, max_size=local.cache_size
     )
 
 
-class _QueryCoalescer:
-    """Coalesces the queries of one route that arrive close together into ``/retrieve`` requests."""
-
-    def __init__(self, route: _Route, state: _LoopState):
-        self._route = route
-        self._state = state
-        self._pending: list[tuple[str, asyncio.Future[list[dict]]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task] = set()  # strong references: the loop keeps only weak ones
-
-    def submit(self, query: str) -> asyncio.Future[list[dict]]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[dict]] = loop.create_future()
-        self._pending.append((query, future))
-        if len(self._pending) >= self._route.max_queries_per_request:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._route.batch_wait, self._flush)
-        return future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        # The batching wait came out of the searches' time.
-        deadline = time.monotonic() + self._route.timeout - self._route.batch_wait
-        task = asyncio.ensure_future(self._send(batch, deadline))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[str, asyncio.Future[list[dict]]]], deadline: float) -> None:
-        # Every future of the batch is settled whatever happens, so no caller can hang on it.
-        try:
-            results = await _retrieve(self._route, [query for query, _ in batch], self._state, deadline)
-        except RequestFailed as exc:
-            if len(batch) > 1 and exc.status in _INVALID_REQUEST_STATUSES:
-                await asyncio.gather(*(self._send([item], deadline) for item in batch))
-                return
-            _fail(batch, exc)
-        except BaseException as exc:
-            _fail(batch, RequestFailed(f"local search failed: {type(exc).__name__}: {scrub(str(exc), self._route.secrets)}"))
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            for (_, future), documents in zip(batch, results):
-                if not future.done():
-                    future.set_result(documents)
+def _refused_as_invalid(exc: Exception) -> bool:
+    return isinstance(exc, RequestFailed) and exc.status in _INVALID_REQUEST_STATUSES
 
 
-def _fail(batch: list[tuple[str, asyncio.Future[list[dict]]]], failure: RequestFailed) -> None:
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(RequestFailed(str(failure), status=failure.status))
-
-
-async def _retrieve(route: _Route, queries: list[str], state: _LoopState, deadline: float) -> list[list[dict]]:
+async def _retrieve(route: _Route, queries: list[str], deadline: float, *, state: _LoopState) -> list[list[dict]]:
     """Send one request before ``deadline`` (monotonic), failing over between servers; return one
     document list per query."""
     left = deadline - time.monotonic()

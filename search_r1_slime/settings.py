@@ -24,6 +24,8 @@ from pydantic.fields import FieldInfo
 RETRIEVAL_API_KEY_ENV = "RETRIEVAL_API_KEY"
 # What the serper.dev client sends as X-API-KEY when search_r1.google.api_key is unset.
 SERPER_API_KEY_ENV = "SERPER_API_KEY"
+# What the LLM judge client sends as ``Authorization: Bearer`` when search_r1.judge.api_key is unset.
+JUDGE_API_KEY_ENV = "JUDGE_API_KEY"
 
 
 def resolve_secret(configured: str | None, path: str | None, env: str) -> str | None:
@@ -46,7 +48,7 @@ def uploaded_secret_problems(override: Mapping[str, Any]) -> list[str]:
     """The keys written literally in ``args.search_r1``: with ``--use-wandb`` slime uploads its
     ``args`` as the W&B run's config, so such a key would leave the machine."""
     problems = []
-    for section, env in (("local", RETRIEVAL_API_KEY_ENV), ("google", SERPER_API_KEY_ENV)):
+    for section, env in (("local", RETRIEVAL_API_KEY_ENV), ("google", SERPER_API_KEY_ENV), ("judge", JUDGE_API_KEY_ENV)):
         values = override.get(section)
         if isinstance(values, Mapping) and values.get("api_key"):
             problems.append(
@@ -141,9 +143,25 @@ def _optional_secret_file(value: Any) -> str | None:
     raise ValueError(f"cannot be read as a key file ({reason}; the path is not shown, in case it is a key)")
 
 
+def _optional_url(value: Any) -> str | None:
+    if value is None or _is_http_url(value):
+        return value
+    raise ValueError(
+        f"must be None or an http(s) URL such as http://127.0.0.1:30000/v1/chat/completions, got {type(value).__name__}: {value!r}"
+    )
+
+
+def _judge_template(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and "{items}" in value):
+        return value
+    raise ValueError(f"must be None (ours) or a string holding {{items}}, where the answers to judge go; got {value!r:.80}")
+
+
 SearchUrls = Annotated[str | list[str], PlainValidator(_search_urls)]
 Url = Annotated[str, PlainValidator(_url)]
 Proxy = Annotated[str | None, PlainValidator(_optional_proxy)]
+OptionalUrl = Annotated[str | None, PlainValidator(_optional_url)]
+JudgeTemplate = Annotated[str | None, PlainValidator(_judge_template)]
 Secret = Annotated[str | None, PlainValidator(_optional_secret)]
 SecretFile = Annotated[str | None, PlainValidator(_optional_secret_file)]
 
@@ -222,6 +240,35 @@ class AccessSettings(_Section):
         return self
 
 
+class JudgeSettings(_KeyedSection):
+    """``search_r1.judge``: the LLM judge (``search_r1_slime.judge``, docs/rewards.md)."""
+
+    # The model's OpenAI-compatible chat endpoint, e.g. SGLang's http://host:30000/v1/chat/completions.
+    url: OptionalUrl = None  # None: no judge (reward: judge then refuses to start)
+    model: str = "default"  # the "model" field of each request (SGLang serves one model, any name)
+    api_key: Secret = None  # None: api_key_file, else JUDGE_API_KEY from the environment
+    api_key_file: SecretFile = None  # a file holding the key: keeps it out of slime's args (W&B)
+    proxy: Proxy = None
+    prompt_template: JudgeTemplate = None  # None: search_r1_slime.judge.PROMPT_TEMPLATE
+    max_items_per_request: int = Field(8, ge=1)  # answers judged in one request
+    batch_wait: float = Field(0.01, ge=0)  # seconds an answer waits for others to share its request
+    max_tokens: int = Field(512, ge=1)  # the judge's reply budget
+    timeout: float = Field(60.0, gt=0)  # seconds a verdict may take, retries and the batching wait included
+    attempt_timeout: float = Field(30.0, gt=0)
+    max_attempts: int | None = Field(None, ge=1)  # None: retry until timeout
+    cache: bool = True  # the same question, gold answers and answer are judged once
+    cache_size: int = Field(100_000, ge=0)
+
+    @model_validator(mode="after")
+    def _batch_wait_fits_the_timeout(self) -> JudgeSettings:
+        if self.batch_wait >= self.timeout:
+            raise ValueError(
+                f"needs batch_wait ({self.batch_wait}) below timeout ({self.timeout}): an answer waits that long "
+                "before its request is even sent"
+            )
+        return self
+
+
 class SearchR1Config(_Section):
     """``search_r1``: the whole plugin configuration."""
 
@@ -250,6 +297,16 @@ class SearchR1Config(_Section):
     # ---- training ----
     return_logprob: bool = True  # keep rollout log-probs (needed for TIS); False: rollout_log_probs=None
     format_score: float = Field(0.2, ge=0, le=1)  # reward of a well-formed trajectory with a wrong answer
+    # ---- reward (docs/rewards.md: each term, its source, the settings of each recipe) ----
+    # format_score above is Search-R1's structure_format_score; these two are its other format terms.
+    final_format_score: float = Field(0.0, ge=0, le=1)  # an answer that is wrong, in a broken format
+    retrieval_score: float = Field(0.0, ge=0, le=1)  # added when well-formed, wrong, and a gold answer was retrieved
+    reward: Literal["em", "subem", "f1", "judge"] = "em"  # how the answer is scored
+    format_gate: bool = False  # the outcome counts only in a valid format (ASearcher's F1 x format)
+    format_penalty: float = Field(0.0, ge=0)  # subtracted from a trajectory in a broken format (R1-Searcher: 2)
+    search_penalty: float = Field(0.0, ge=0)  # subtracted per search run
+    invalid_action_penalty: float = Field(0.0, ge=0)  # subtracted per invalid action
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
     @model_validator(mode="after")
     def _batch_wait_fits_the_timeout(self) -> SearchR1Config:
@@ -257,6 +314,22 @@ class SearchR1Config(_Section):
             raise ValueError(
                 f"search_r1.local.batch_wait ({self.local.batch_wait}) must be below search_r1.search_timeout "
                 f"({self.search_timeout}): a query waits that long before its request is even sent"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _reward_terms_fit_the_score(self) -> SearchR1Config:
+        if self.reward == "judge" and self.judge.url is None:
+            raise ValueError(
+                "search_r1.reward judge needs search_r1.judge.url, the judge model's /v1/chat/completions URL"
+            )
+        partial = self.reward == "f1"
+        terms = {"format_score": self.format_score, "final_format_score": self.final_format_score, "retrieval_score": self.retrieval_score}
+        if partial and (set_terms := [f"{name} ({value})" for name, value in terms.items() if value]):
+            raise ValueError(
+                f"search_r1.reward f1 gives partial credit, so Search-R1's format terms would pay a partly right answer "
+                f"less than a wrong one: set {', '.join(set_terms)} to 0 (search_r1.format_gate and "
+                "search_r1.format_penalty are F1's format terms)"
             )
         return self
 

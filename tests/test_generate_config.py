@@ -20,7 +20,7 @@ from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
 def test_defaults_keep_upstreams_keys_and_values():
     local, google = SEARCH_R1_CONFIGS["local"], SEARCH_R1_CONFIGS["google"]
     deep_research = ("access", "max_tool_calls", "answer_reserve_tokens", "max_context_tokens")  # ours, off by default
-    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", *deep_research)}
+    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge", *deep_research)}
     assert top == {
         "max_turns": 2,
         "topk": 3,
@@ -31,6 +31,14 @@ def test_defaults_keep_upstreams_keys_and_values():
         "search_backend": "local",
         "return_logprob": True,
         "format_score": 0.2,
+        # docs/rewards.md: today's reward (EM with format_score) unless set.
+        "final_format_score": 0.0,
+        "retrieval_score": 0.0,
+        "reward": "em",
+        "format_gate": False,
+        "format_penalty": 0.0,
+        "search_penalty": 0.0,
+        "invalid_action_penalty": 0.0,
     }
     assert [SEARCH_R1_CONFIGS[k] for k in deep_research[1:]] == [None, 0, None]
     assert SEARCH_R1_CONFIGS["access"]["enabled"] is False
@@ -228,7 +236,7 @@ def test_every_problem_is_reported_at_once():
     ]
 
 
-@pytest.mark.parametrize("section", ["local", "google"])
+@pytest.mark.parametrize("section", ["local", "google", "judge"])
 def test_a_bad_api_key_is_named_but_never_shown(section):
     with pytest.raises(ConfigError, match=rf"search_r1\.{section}\.api_key must be None or a non-empty string") as info:
         resolve_config(SimpleNamespace(search_r1={section: {"api_key": 1234567890}}))

@@ -108,7 +108,7 @@ async def test_a_key_file_keeps_the_key_out_of_the_args_slime_uploads(tmp_path):
         assert retriever.refused == []  # the token from the file was the right one
 
 
-@pytest.mark.parametrize("section", ["local", "google"])
+@pytest.mark.parametrize("section", ["local", "google", "judge"])
 def test_a_key_written_in_the_args_is_refused_while_wandb_is_on_and_never_quoted(section):
     args = SimpleNamespace(use_wandb=True, search_r1={section: {"api_key": TOKEN}})
     with pytest.raises(ConfigError) as info:
