@@ -89,7 +89,7 @@ async def test_command_line_judges_a_deep_research_run(tokenizer, tokenizer_dir,
     assert expected.splitlines()[2] == (
         "| gaia     | 2 | 0.500 |  0.500 |        0 |   1.0 |        1.0 |      0.5 |        0.5 |            1 |             1 |              2 |"
     )
-    first, second = map(json.loads, output.read_text().splitlines())
+    first, second = sorted(map(json.loads, output.read_text().splitlines()), key=lambda r: r["index"])
     assert (first["answer"], first["correct"], second["answer"], second["correct"]) == ("$410 million", True, "a bridge", False)
     assert pages.fetched == {"/news": 1} and len(serper.requests) == 1
     summary = json.loads((tmp_path / "gaia_out.summary.json").read_text())
