@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ import aiohttp
 
 from search_r1_slime.http_client import PerLoop, proxy_kwargs
 from search_r1_slime.search_cache import CacheStats, SearchCache
+
+logger = logging.getLogger(__name__)
 
 # What the model reads at the end of its last tool round's observation (inside the
 # <information> block, so the format check still sees Search-R1's structure) when a budget (tool
@@ -130,7 +133,11 @@ async def _fetch(url: str, settings: Mapping[str, Any]) -> PageRead:
         raise _Transient("unreachable", f"the server could not be reached ({type(exc).__name__})") from None
     if len(raw) > limit:
         return PageRead(failure="too_big", reason=f"the page is larger than {limit} bytes")
-    text = await off_loop(extract_main_text, raw, charset)
+    try:
+        text = await off_loop(extract_main_text, raw, charset)
+    except Exception as exc:  # noqa: BLE001 - a page the extractor cannot parse is a page without text, not a crashed rollout
+        logger.warning("main text of %s could not be extracted: %s: %s", url, type(exc).__name__, exc)
+        text = ""
     if not text:
         return PageRead(failure="no_text", reason="no readable text was found on the page")
     return PageRead(text=text)
