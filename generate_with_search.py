@@ -29,6 +29,11 @@ every turn asks for the routed experts, kept at one row per token but the last; 
 appended as non-trainable tokens, so top-p replay gives them empty spans; ``evaluation=True``
 (slime's evaluation) never resumes a partial trajectory.
 
+Deep-research mode (docs/deep_research.md, ``search_r1_slime.page_tool``), off by default: a page
+tool ``<access> URL </access>`` beside search, and budgets (``max_tool_calls``,
+``answer_reserve_tokens``, ``max_context_tokens``) after which the last tool round's observation
+tells the model to answer and its next turn is the final one.
+
 Configuration: ``SEARCH_R1_CONFIGS`` below, overridden per run by a ``search_r1:`` mapping in
 slime's ``--custom-config-path`` YAML (it arrives as ``args.search_r1``), merged at call time.
 """
@@ -445,7 +450,7 @@ async def _deep_round(
     observation, and decide whether the next turn is the final one (then say so to the model).
 
     With ``answer_reserve_tokens`` > 0 the tokens left above the reserve bound each observation,
-    and the round in which fewer than one observation's cap are left above it is the last tool
+    and the round in which at most the largest observation cap is left above it is the last tool
     round. ``max_tool_calls`` ends tool use after that many searches and page reads.
     """
     reserve = config["answer_reserve_tokens"]

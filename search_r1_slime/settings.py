@@ -289,7 +289,7 @@ class SearchR1Config(_Section):
     access: AccessSettings = Field(default_factory=AccessSettings)
     # The most tool calls (searches and page reads) in one trajectory; None: no cap but max_turns.
     max_tool_calls: int | None = Field(None, ge=1)
-    # Response tokens kept for the final answer turn: once fewer than max_obs_tokens are left above
+    # Tokens kept for the final answer turn: once at most the largest observation cap is left above
     # it, no tool runs after this round and the model is told to answer. 0: off (Search-R1's cut).
     answer_reserve_tokens: int = Field(0, ge=0)
     # The most tokens of prompt plus response; None: only the response budget bounds a trajectory.
