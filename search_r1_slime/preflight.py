@@ -127,6 +127,13 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
         config = resolve_config(SimpleNamespace(search_r1=overrides, use_wandb=use_wandb))
     except ConfigError as exc:
         return exc.problems
+    if config["access"]["enabled"]:
+        from search_r1_slime.page_tool import require_extractor
+
+        try:
+            require_extractor()
+        except ImportError as exc:
+            return [str(exc)]
     if config["search_backend"] == "google":
         if resolve_secret(config["google"]["api_key"], config["google"]["api_key_file"], SERPER_API_KEY_ENV) is not None:
             return []

@@ -102,3 +102,13 @@ async def test_a_server_that_fails_the_test_search_is_one_line(tmp_path, status)
     [line] = stderr.splitlines()
     assert line.startswith(f"retrieval server {retriever.search_url} failed a test search: ")
     assert f"HTTP {status}" in line
+
+
+def test_the_page_tool_without_its_extractor_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trafilatura", None)  # as if not installed: importing it fails
+    overrides = {"search_backend": "google", "google": {"api_key": "k"}, "access": {"enabled": True}}
+    (problem,) = preflight.search_problems(overrides)
+    assert problem.startswith("search_r1.access.enabled needs trafilatura (")
+    assert problem.endswith("): pip install 'search-r1-slime[deep_research]'")
+    monkeypatch.delitem(sys.modules, "trafilatura")
+    assert preflight.search_problems(overrides) == []
