@@ -587,8 +587,9 @@ def _assistant_turn(sample: Any) -> str:
 
 
 async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
-    """slime's custom reward hook: Search-R1's EM score of the response, with ``format_score``."""
-    from qa_em import compute_score_em
+    """slime's custom reward hook: the configured reward of the response (``search_r1_slime.rewards``;
+    by default Search-R1's EM score with ``format_score``). Its terms are kept for the rollout log."""
+    from search_r1_slime.rewards import score_sample
 
     config = resolve_config(args)
     try:
@@ -598,4 +599,6 @@ async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
             "sample.label must look like {'ground_truth': {'target': [answers...]}} (run slime with "
             f"--label-key reward_model on Search-R1 data), got {sample.label!r}"
         ) from exc
-    return float(compute_score_em(page_tool.as_search_structure(_assistant_turn(sample), config), targets, format_score=config["format_score"]))
+    # A page read has a search's structure (search_r1_slime.page_tool.as_search_structure).
+    text = page_tool.as_search_structure(_assistant_turn(sample), config)
+    return float((await score_sample(sample, text, targets, config)).total)

@@ -6,9 +6,13 @@ Public names follow upstream. Two deliberate differences:
   made ``extract_solution`` demand two ``<answer>`` matches (the prompt's own example
   ``<answer> Beijing </answer>`` being the first) and picked that example up as the answer of a
   response that gave none. Here one answer in the response is enough, and the prompt never counts.
-* ``compute_score_em`` applies ``format_score``: right answer + valid format = ``score``, right
-  answer + broken format = ``score - format_score``, wrong or missing answer + valid format =
-  ``format_score``, anything else 0. ``format_score=0`` is the paper's pure EM.
+* ``compute_score_em`` is Search-R1 v0.3's whole score (``search_r1_case_score`` holds its case
+  analysis). Its ``structure_format_score`` is our ``format_score`` (upstream also has a parameter
+  named ``format_score`` that nothing reads, so its configured value was never applied): right
+  answer + valid format = ``score``, right answer + broken format = ``score - format_score``; no
+  or a wrong answer + valid format = ``format_score``, plus ``retrieval_score`` when a gold answer
+  appears in an ``<information>`` block; a wrong answer + broken format = ``final_format_score``;
+  no answer + broken format = 0. ``format_score=0`` (and the other two 0) is the paper's pure EM.
 
 Format check (``is_valid_sequence``): upstream looked for ``<|im_start|>assistant`` and ran its
 state machine on the text after it. The response is exactly that text (slime's prompt ends with
@@ -28,6 +32,7 @@ from collections.abc import Iterable, Mapping
 _TAGS = ("think", "search", "information", "answer")
 _TAG_SPLIT = re.compile(r"(</?(?:think|search|information|answer)>)")
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_INFORMATION = re.compile(r"<information>(.*?)</information>", re.DOTALL)
 _PUNCTUATION = frozenset(string.punctuation)
 _YES_NO = frozenset({"yes", "no", "noanswer"})
 
@@ -125,20 +130,62 @@ def extract_solution(response: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
+def extract_information_blocks(text: str) -> list[str]:
+    """The contents of every ``<information>...</information>`` block, stripped."""
+    return [block.strip() for block in _INFORMATION.findall(text)]
+
+
+def is_retrieval_correct(text: str, golden_answers: str | Iterable[str]) -> bool:
+    """Whether a normalised gold answer is contained in a normalised ``<information>`` block."""
+    blocks = [normalize_answer(block) for block in extract_information_blocks(text)]
+    return any(normalize_answer(gold) in block for block in blocks for gold in _as_list(golden_answers))
+
+
+def search_r1_case_score(
+    answer_score: float | None,
+    valid_format: bool,
+    retrieval_correct: bool,
+    *,
+    format_score: float = 0.0,
+    final_format_score: float = 0.0,
+    retrieval_score: float = 0.0,
+) -> float:
+    """Search-R1 v0.3's case analysis (``compute_score_em``) over an answer's score.
+
+    ``answer_score``: None without an answer, else the answer's score (``score`` or 0 for exact
+    match); a positive score is a right answer. ``retrieval_correct`` counts only in a valid format,
+    as upstream computes it only then.
+    """
+    structure = format_score + (retrieval_score if retrieval_correct else 0.0)
+    if answer_score is None:
+        return structure if valid_format else 0.0
+    if answer_score > 0:
+        return answer_score if valid_format else answer_score - format_score
+    return structure if valid_format else final_format_score
+
+
 def compute_score_em(
     solution_str: str,
     ground_truth: Mapping[str, str | Iterable[str]] | str | Iterable[str],
     format_score: float = 0.0,
     score: float = 1.0,
+    final_format_score: float = 0.0,
+    retrieval_score: float = 0.0,
 ) -> float:
-    """Score a response against the gold answers.
+    """Score a response against the gold answers (Search-R1 v0.3's ``compute_score_em``).
 
     ``solution_str`` is the response alone; ``ground_truth`` is either the data set's
-    ``{"target": [...]}`` mapping or the answers themselves.
+    ``{"target": [...]}`` mapping or the answers themselves. ``format_score`` is upstream's
+    ``structure_format_score``.
     """
     targets = ground_truth["target"] if isinstance(ground_truth, Mapping) else ground_truth
     valid_format, _ = is_valid_sequence(solution_str)
     answer = extract_solution(solution_str)
-    if answer is not None and em_check(answer, targets):
-        return score if valid_format else score - format_score
-    return format_score if valid_format else 0.0
+    return search_r1_case_score(
+        None if answer is None else score * em_check(answer, targets),
+        valid_format,
+        valid_format and is_retrieval_correct(solution_str, targets),
+        format_score=format_score,
+        final_format_score=final_format_score,
+        retrieval_score=retrieval_score,
+    )

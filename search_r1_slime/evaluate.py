@@ -13,7 +13,11 @@ greedy by default, as Search-R1 evaluated. The answer a model turn gave is score
 the source each follows), per ``data_source`` and averaged over the data sets, in the layout of Search-R1's results table with the paper's
 Qwen2.5-3B rows beside ours. ``--n-samples K`` samples every question K times: the scores are then
 means over the samples (mean@K) and a pass@K row counts questions with at least one exact match.
-A JSON summary of the table is written next to the JSONL.
+A JSON summary of the table is written next to the JSONL. Each trajectory also gets the training
+reward of the ``--config`` (``search_r1_slime.rewards``: the same terms slime logs as
+``search_r1/reward/<term>``), printed per data set above the main table. ``--judge-url`` asks an
+LLM judge (``search_r1_slime.judge``) about every answer: a ``judge`` row (mean@K and pass@K over the
+samples it judged; the ones it could not judge are counted and left out).
 
 ``--questions FILE`` instead of ``--data`` evaluates deep-research mode on a GAIA / xBench-DeepSearch /
 Frames-style question set, judged by the LLM judge (``search_r1_slime.web_eval``: Avg@k, Pass@k,
@@ -129,17 +133,27 @@ async def evaluate_row(
     index: int, sample_index: int, row: dict[str, Any], tokenizer, args: SimpleNamespace, params: dict
 ) -> dict[str, Any]:
     """Run one trajectory and score it; returns its JSONL record."""
-    from generate_with_search import generate
+    from generate_with_search import _assistant_turn, generate, resolve_config
     from qa_em import em_check, extract_solution, f1_score, subem_check
+    from search_r1_slime.judge import judge_answer
+    from search_r1_slime.rewards import question_of, score_sample
 
     prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     sample = EvalSample(prompt=prompt, label=row["reward_model"])
     sample = await generate(args, sample, dict(params))
     metrics = sample.metadata.get("search_r1", {})
-    golden_answers = row["reward_model"]["ground_truth"]["target"]
+    golden_answers = list(row["reward_model"]["ground_truth"]["target"])
     # Only a model turn's answer counts: the invalid-action message the model may have been shown
-    # holds "<answer> and </answer>" too, which the training reward would read as an answer.
+    # holds "<answer> and </answer>" too, which Search-R1's extraction would read as an answer.
     answer = extract_solution(sample.response) if metrics.get("answered") else None
+    config = resolve_config(args)
+    # The training reward's terms as slime's reward_func computes them (none when SGLang failed).
+    failed = sample.status == EvalSample.Status.FAILED
+    reward = None if failed else (await score_sample(sample, _assistant_turn(sample), golden_answers, config)).logged()
+    judged = {}
+    if getattr(args, "judge", False):
+        verdict = await judge_answer(row.get("question") or question_of(prompt), golden_answers, answer, config["judge"])
+        judged = {"judge": None if verdict.correct is None else int(verdict.correct), "judge_error": verdict.reason or None}
     return {
         "index": index,
         "sample": sample_index,
@@ -153,6 +167,8 @@ async def evaluate_row(
         "em": em_check(answer, golden_answers) if answer is not None else 0,
         "f1": f1_score(answer, golden_answers) if answer is not None else 0.0,
         "cover_em": subem_check(answer, golden_answers) if answer is not None else 0,
+        **judged,
+        "reward": reward,
         "status": sample.status.value,
         "response_length": sample.response_length,
         "turns": metrics.get("turns"),
@@ -212,6 +228,13 @@ class SourceScores:
     f1: float
     cover_em: float
     em_pass: float
+    # The training reward's terms (search_r1_slime.rewards), means over the scored samples.
+    reward: dict[str, float] = field(default_factory=dict)
+    # With --judge-url: the judge's mean over the judged samples, the share of questions with a
+    # sample judged right, and the samples the judge left without a verdict.
+    judge: float | None = None
+    judge_pass: float | None = None
+    unjudged: int = 0
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -227,17 +250,47 @@ def scores_by_source(records: list[dict[str, Any]]) -> dict[str, SourceScores]:
     order = [s for s in PAPER_COLUMNS if s in by_source] + sorted(s for s in by_source if s not in PAPER_COLUMNS)
     scores = {}
     for source in order:
+        records = by_source[source]
         best: dict[int, int] = {}
-        for record in by_source[source]:
+        judged_best: dict[int, int] = {}
+        for record in records:
             best[record["index"]] = max(best.get(record["index"], 0), record["em"])
+            if record.get("judge") is not None:
+                judged_best[record["index"]] = max(judged_best.get(record["index"], 0), record["judge"])
+        terms: dict[str, list[float]] = {}
+        for record in records:
+            for name, value in (record.get("reward") or {}).items():
+                terms.setdefault(name, []).append(value)
+        judged = [r["judge"] for r in records if r.get("judge") is not None]
         scores[source] = SourceScores(
             questions=len(best),
-            em=_mean(r["em"] for r in by_source[source]),
-            f1=_mean(r["f1"] for r in by_source[source]),
-            cover_em=_mean(r["cover_em"] for r in by_source[source]),
+            em=_mean(r["em"] for r in records),
+            f1=_mean(r["f1"] for r in records),
+            cover_em=_mean(r["cover_em"] for r in records),
             em_pass=_mean(best.values()),
+            reward={name: _mean(values) for name, values in terms.items()},
+            judge=_mean(judged) if judged else None,
+            # A question none of whose samples got a verdict is left out, not counted wrong.
+            judge_pass=_mean(judged_best.values()) if judged_best else None,
+            unjudged=sum("judge" in r and r["judge"] is None for r in records),
         )
     return scores
+
+
+def format_reward_table(scores: dict[str, SourceScores]) -> str:
+    """The training reward's terms (rows) per data set, in the main table's column order."""
+    sources = [s for s in scores if scores[s].reward]
+    names = list(dict.fromkeys(name for s in sources for name in scores[s].reward))
+    header = ["reward term", *(PAPER_COLUMNS.get(s, s) for s in sources), "Avg"]
+    rows = [[name, *(f"{scores[s].reward[name]:.3f}" if name in scores[s].reward else "-" for s in sources),
+             f"{_mean(scores[s].reward[name] for s in sources if name in scores[s].reward):.3f}"] for name in names]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+
+    rule = "|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)])
 
 
 def format_table(scores: dict[str, SourceScores], n_samples: int = 1) -> str:
@@ -259,6 +312,10 @@ def format_table(scores: dict[str, SourceScores], n_samples: int = 1) -> str:
             for label, attr in (("EM", "em"), ("F1", "f1"), ("cover EM", "cover_em"))]
     if n_samples > 1:
         rows.append((f"EM pass@{n_samples}", score_row({s: v.em_pass for s, v in scores.items()})))
+    if any(v.judge is not None for v in scores.values()):
+        rows.append((f"judge{suffix}", score_row({s: v.judge for s, v in scores.items() if v.judge is not None})))
+        if n_samples > 1:
+            rows.append((f"judge pass@{n_samples}", score_row({s: v.judge_pass for s, v in scores.items() if v.judge_pass is not None})))
     counts = [str(scores[s].questions) if s in scores else "-" for s in sources]
     rows.append(("n", counts + [str(sum(v.questions for v in scores.values()))]))
     evaluated = [s for s in PAPER_COLUMNS if s in scores]
@@ -286,6 +343,10 @@ def write_summary(path: Path, scores: dict[str, SourceScores], n_samples: int, f
         "per_source": {source: asdict(value) for source, value in scores.items()},
         "average": {key: _mean(getattr(v, key) for v in scores.values()) for key in ("em", "f1", "cover_em", "em_pass")}
         if scores else {},
+        "average_reward": {name: _mean(v.reward[name] for v in scores.values() if name in v.reward)
+                           for name in dict.fromkeys(n for v in scores.values() for n in v.reward)},
+        "average_judge": {key: _mean(values) for key in ("judge", "judge_pass")
+                          if (values := [getattr(v, key) for v in scores.values() if getattr(v, key) is not None])},
         "paper_em": {name: {s: paper[s] for s in PAPER_COLUMNS if s in scores} for name, paper in PAPER_ROWS.items()},
     }
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -323,6 +384,25 @@ def sglang_problem(host: str, port: int, timeout_s: float = 5.0) -> str | None:
         )
 
 
+def judge_problem(settings: dict[str, Any]) -> str | None:
+    """One question the judge must get right, asked before the first trajectory; None when it does."""
+    from search_r1_slime.http_client import close_shared_session
+    from search_r1_slime.judge import judge_answer
+
+    async def ask():
+        try:
+            return await judge_answer("What is the capital of France?", ["Paris"], "Paris", settings)
+        finally:
+            await close_shared_session()
+
+    verdict = asyncio.run(ask())
+    if verdict.correct is None:
+        return f"the judge at {settings['url']} gave no verdict: {_one_line(verdict.reason)}"
+    if not verdict.correct:
+        return f"the judge at {settings['url']} judged 'Paris' wrong for the capital of France: check its model and prompt"
+    return None
+
+
 def _one_line(text: str | None) -> str:
     return " ".join(str(text).split())
 
@@ -346,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="evaluate only the first N rows (default: all)")
     parser.add_argument("--skip-preflight", action="store_true", help="do not check the search backend first")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--judge-url", help="an LLM judge's /v1/chat/completions URL: adds its verdicts as a 'judge' row "
+                        "(its other settings and key: search_r1.judge in --config, or JUDGE_API_KEY)")
     return parser
 
 
@@ -377,13 +459,15 @@ def main(argv: list[str] | None = None) -> int:
     # Every check before the first trajectory, cheap ones first; one line per problem.
     try:
         overrides = load_search_overrides(cli.config)
+        if cli.judge_url is not None:
+            overrides = {**overrides, "judge": {**(overrides.get("judge") or {}), "url": cli.judge_url}}
         resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
         if cli.questions is not None:
             from search_r1_slime.web_eval import read_questions
 
             rows = read_questions(cli.questions, cli.question_key, cli.answer_key, cli.data_source, cli.limit)
             if resolve_config(SimpleNamespace(search_r1=overrides))["judge"]["url"] is None:
-                raise ValueError("--questions is scored by the LLM judge: set search_r1.judge.url in the --config YAML")
+                raise ValueError("--questions is scored by the LLM judge: pass --judge-url or set search_r1.judge.url in the --config YAML")
         else:
             rows = read_rows(cli.data, cli.limit)
     except ConfigError as exc:
@@ -401,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
         if not cli.skip_preflight:
             problems += search_problems(overrides)
+        if cli.questions is not None or cli.judge_url is not None or overrides.get("reward") == "judge":
+            problems += [p for p in [judge_problem(resolve_config(SimpleNamespace(search_r1=overrides))["judge"])] if p]
     if problems:
         for problem in problems:
             print(f"ERROR: {problem}", file=sys.stderr)
@@ -412,6 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         rollout_max_response_len=cli.max_response_len,
         partial_rollout=False,
         search_r1=dict(overrides),
+        judge=cli.judge_url is not None,
     )
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
     if cli.questions is not None:
@@ -441,6 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     write_summary(summary, scores, cli.n_samples, len(failed), settings)
     samples = f" x {cli.n_samples} samples" if cli.n_samples > 1 else ""
     print(f"Scores of {len(rows)} questions{samples} (trajectories in {cli.output}, summary in {summary});")
+    if any(v.reward for v in scores.values()):
+        print(f"Training reward (search_r1.reward: {resolve_config(args)['reward']}), its terms' means (docs/rewards.md):")
+        print(format_reward_table(scores))
+    unjudged = sum(v.unjudged for v in scores.values())
+    if unjudged:
+        print(f"The judge gave no verdict for {unjudged} sample(s) (each record's 'judge_error'); the judge row leaves them out.")
     print("Search-R1 rows: the paper's Qwen2.5-3B GRPO exact match, averaged over the same data sets.")
     print(format_table(scores, cli.n_samples))
     if failed:

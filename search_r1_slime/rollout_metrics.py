@@ -115,6 +115,7 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
     matches = [m for m in map(_exact_match, traced) if m is not None]
     if matches:
         metrics["exact_match"] = sum(matches) / len(matches)
+    metrics.update(reward_metrics(traced))
     return {PREFIX + name: value for name, value in metrics.items()}
 
 
@@ -141,6 +142,16 @@ def _deep_research_metrics(traces: Sequence[Mapping[str, Any]]) -> dict[str, flo
         metrics["access/latency/p50"] = float(np.percentile(seconds, 50))
         metrics["access/latency/p99"] = float(np.percentile(seconds, 99))
     return metrics
+
+
+def reward_metrics(samples: Sequence[Any]) -> dict[str, float]:
+    """``reward/<term>``: the mean of each reward term (``search_r1_slime.rewards``) over the
+    samples ``reward_func`` scored; a term is averaged over the samples that have it."""
+    terms: dict[str, list[float]] = {}
+    for sample in samples:
+        for name, value in (sample.metadata.get("search_r1_reward") or {}).items():
+            terms.setdefault(name, []).append(value)
+    return {f"reward/{name}": float(np.mean(values)) for name, values in terms.items()}
 
 
 def eval_metrics(data: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -154,7 +155,15 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
     assert "400" in records[2]["error"]
 
     written = json.loads(summary.read_text())
-    assert written["per_source"]["nq"] == {"questions": 2, "em": 0.5, "f1": (1 + 2 / 3) / 2, "cover_em": 1.0, "em_pass": 0.5}
+    nq = written["per_source"]["nq"]
+    assert {k: nq[k] for k in ("questions", "em", "f1", "cover_em", "em_pass")} == {
+        "questions": 2, "em": 0.5, "f1": (1 + 2 / 3) / 2, "cover_em": 1.0, "em_pass": 0.5}
+    # The training reward (EM with format_score 0.2) term by term: right and retrieved (1), wrong in
+    # a valid format (0.2); a failed trajectory is not scored.
+    assert nq["reward"] == {"answer": 0.5, "format_valid": 1.0, "retrieval_hit": 0.5, "outcome": 0.6, "format_penalty": 0.0,
+                            "search_penalty": 0.0, "invalid_action_penalty": 0.0, "total": 0.6}
+    assert records[2]["reward"] is None and written["per_source"]["triviaqa"]["reward"] == {}
+    assert (nq["judge"], nq["unjudged"]) == (None, 0) and "judge" not in records[0]
     assert written["average"]["em"] == 2.5 / 7 and written["average"]["cover_em"] == 5 / 7 and written["failed_trajectories"] == 1
     assert (written["questions"], written["n_samples"], written["temperature"]) == (8, 1, 0.0)
     assert written["paper_em"]["Search-R1 GRPO-Base"] == {"nq": 0.421, "triviaqa": 0.583, "popqa": 0.413, "hotpotqa": 0.297,
@@ -189,8 +198,9 @@ async def test_n_samples_gives_mean_and_pass_at_k(tokenizer, tokenizer_dir, tmp_
         assert {r["sampling_params"]["temperature"] for r in sglang.requests} == {0.7}
 
     lines = stdout.decode().splitlines()
-    assert "Scores of 1 questions x 3 samples" in lines[0]
-    assert lines[4:9] == [
+    assert "Scores of 1 questions x 3 samples" in stdout.decode()
+    first = lines.index("| EM mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |")
+    assert lines[first:first + 5] == [
         "| EM mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
         "| F1 mean@3                  | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
         "| cover EM mean@3            | 0.333 |        - |     - |        - |     - |       - |         - | 0.333 |",
@@ -336,3 +346,33 @@ def test_a_bad_flag_value_is_refused_by_the_command_line(tmp_path, capsys, flags
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+async def test_judge_url_adds_the_judges_row_and_a_judge_that_cannot_answer_stops_before_any_trajectory(tokenizer, tokenizer_dir, tmp_path):
+    from tests.fakes.chat_judge import FakeJudge
+
+    cases = [("nq", "who was president in 1962", ["John F. Kennedy"]), ("nq", "capital of france", ["Paris"])]
+    data = tmp_path / "test.parquet"
+    write_test_parquet(data, cases)
+    scripts = {chat_prompt(tokenizer, "who was president in 1962"): [Turn("<think> x </think>\n<answer> JFK </answer>")],
+               chat_prompt(tokenizer, "capital of france"): [Turn("<think> x </think>\n<answer> Lyon </answer>")]}
+    common = ("--data", str(data), "--hf-checkpoint", tokenizer_dir, "--skip-preflight", "--output", str(tmp_path / "eval.jsonl"), "--no-progress")
+    async with FakeSGLangPerPrompt(tokenizer, scripts) as sglang, FakeJudge({"John F. Kennedy": ["jfk"], "Paris": ["paris"]}) as judge:
+        code, stdout, stderr = await run_evaluate(*common, "--sglang-url", sglang.url(), "--judge-url", judge.endpoint)
+        assert code == 0, stderr.decode()
+        # The check before the first trajectory, then the two answers.
+        assert judge.items(0) == [("What is the capital of France?", ["Paris"], "Paris")]
+        asked = sorted(item for i in range(1, len(judge.requests)) for item in judge.items(i))
+        assert asked == [("capital of france?", ["Paris"], "Lyon"), ("who was president in 1962?", ["John F. Kennedy"], "JFK")]
+
+        judge.faults.extend([(400, "no such model", None)])
+        code, _, stderr = await run_evaluate(*common, "--sglang-url", sglang.url(), "--judge-url", judge.endpoint)
+        assert code == 1 and stderr.decode().splitlines() == [
+            f"ERROR: the judge at {judge.endpoint} gave no verdict: HTTP 400: 'no such model'"]
+    # JFK is right for the judge, not for EM.
+    assert "| judge                      | 0.500 |        - |     - |        - |     - |       - |         - | 0.500 |" in stdout.decode()
+    assert "| EM                         | 0.000 |" in stdout.decode()
+    records = sorted((json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()), key=lambda r: r["index"])
+    assert [(r["answer"], r["judge"], r["judge_error"]) for r in records] == [("JFK", 1, None), ("Lyon", 0, None)]
+    # The training reward's terms: two wrong answers in a valid format, 0.2 each.
+    assert re.search(r"^\| total +\| 0\.200 \| 0\.200 \|$", stdout.decode(), re.MULTILINE)

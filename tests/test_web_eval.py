@@ -102,4 +102,4 @@ def test_questions_without_a_judge_is_one_line(tokenizer_dir, tmp_path, capsys):
     questions = tmp_path / "q.jsonl"
     questions.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
     assert evaluate.main(["--questions", str(questions), "--hf-checkpoint", tokenizer_dir, "--sglang-url", "http://127.0.0.1:1"]) == 1
-    assert capsys.readouterr().err == "ERROR: --questions is scored by the LLM judge: set search_r1.judge.url in the --config YAML\n"
+    assert capsys.readouterr().err == "ERROR: --questions is scored by the LLM judge: pass --judge-url or set search_r1.judge.url in the --config YAML\n"
