@@ -222,3 +222,30 @@ async def test_a_grpo_group_of_8_fetches_each_page_once(world, slime):
         assert len(web.serper.requests) == 1
         traces = [s.metadata["search_r1"] for s in samples]
         assert sum(t["access_fetches"] for t in traces) == 2 and sum(t["accesses"] for t in traces) == 16
+
+
+@pytest.mark.parametrize("slime", ["2026-08-21"], indirect=True)
+async def test_failed_page_reads_are_one_line_the_model_reads_and_are_counted(world, slime):
+    from slime.utils.types import Sample
+
+    async with Web() as web:
+        unseen = web.pages.url("/secret")
+        turns = [SEARCH, access(unseen, "Try a guess."), access(web.news), ANSWER]
+        web.pages.pages["/news"] = Page(b"\x89PNG\r\n\x1a\n", content_type="image/png")  # the article is an image now
+        await world.serve([Turn(text) for text in turns])
+        args = slime_args(world, search_r1=web.settings(), rollout_max_response_len=4000)
+
+        (sample,) = await rollout(args, [world.sample(Sample, answers=("410 million dollars",))])
+
+        failures = [
+            INFORMATION_HEAD + f"The page {unseen} could not be opened: only a URL shown in an earlier result can be opened." + INFORMATION_TAIL,
+            INFORMATION_HEAD + f"The page {web.news} could not be opened: not a text page (image/png)." + INFORMATION_TAIL,
+        ]
+        observations = [web.search_obs(), *failures]
+        assert sample.response == "".join(t + o for t, o in zip(turns, observations + [""]))
+        ids, obs = [world.ids(t) for t in turns], [world.ids(o) for o in observations]
+        assert sample.loss_mask == [m for t, o in zip(ids, obs + [[]]) for m in [1] * len(t) + [0] * len(o)]
+        trace = sample.metadata["search_r1"]
+        assert {k: v for k, v in trace["access_failures"].items() if v} == {"not_seen": 1, "not_text": 1}
+        assert web.pages.fetched == {"/news": 1}  # the unseen URL was never requested
+        assert sample.reward == 1.0  # a failed read keeps the format valid
