@@ -172,21 +172,23 @@ async def test_the_token_budget_bound_is_exact(world, slime, slack, rounds):
     assert sample.metadata["search_r1"]["final_turn"] == "tokens"
 
 
-@pytest.mark.parametrize("slime", ["2026-08-21"], indirect=True)
+@pytest.mark.parametrize("slime", REVISIONS, indirect=True)
 async def test_a_40_turn_trajectory_keeps_routed_experts_and_top_p_spans_aligned(world, slime):
     from slime.utils.types import Sample
 
     await world.serve([Turn(SEARCH_TURN)] * ROUNDS + [Turn(ANSWER_TURN)])
     search_r1, overrides = budget_settings(world, "tool_calls")
-    args = replay_args(world, search_r1=search_r1, rollout_top_p=0.9, **overrides)
+    top_p = slime == "2026-08-21"  # top-p replay exists from this revision on (tests/test_slime_modes.py)
+    args = replay_args(world, search_r1=search_r1, rollout_top_p=0.9 if top_p else 1.0, **overrides)
 
     (sample,) = await rollout(args, [world.sample(Sample)])
 
     assert sample.reward == 1.0 and len(world.sglang.requests) == ROUNDS + 1
     rows = len(sample.tokens) - 1
     assert np.asarray(sample.rollout_routed_experts).tolist() == FakeSGLang.experts(range(rows))
-    offsets = np.asarray(sample.rollout_top_p_token_offsets).tolist()
-    assert [offsets[i + 1] - offsets[i] for i in range(sample.response_length)] == [2 if m else 0 for m in sample.loss_mask]
+    if top_p:
+        offsets = np.asarray(sample.rollout_top_p_token_offsets).tolist()
+        assert [offsets[i + 1] - offsets[i] for i in range(sample.response_length)] == [2 if m else 0 for m in sample.loss_mask]
     data = train_data(args, [sample])
     assert tuple(np.asarray(data["rollout_routed_experts"][0]).shape) == (rows, FakeSGLang.NUM_LAYERS, FakeSGLang.TOPK)
 
