@@ -29,6 +29,11 @@ every turn asks for the routed experts, kept at one row per token but the last; 
 appended as non-trainable tokens, so top-p replay gives them empty spans; ``evaluation=True``
 (slime's evaluation) never resumes a partial trajectory.
 
+Deep-research mode (docs/deep_research.md, ``search_r1_slime.page_tool``), off by default: a page
+tool ``<access> URL </access>`` beside search, and budgets (``max_tool_calls``,
+``answer_reserve_tokens``, ``max_context_tokens``) after which the last tool round's observation
+tells the model to answer and its next turn is the final one.
+
 Configuration: ``SEARCH_R1_CONFIGS`` below, overridden per run by a ``search_r1:`` mapping in
 slime's ``--custom-config-path`` YAML (it arrives as ``args.search_r1``), merged at call time.
 """
@@ -46,6 +51,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from search_r1_slime import page_tool
 from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
 from search_r1_slime.search_db import BudgetSpent
 from search_r1_slime.search_slots import SearchSlot, SlotTimeout
@@ -134,9 +140,10 @@ def passages_to_string(results: list[dict]) -> str:
     return "".join(lines)
 
 
-def parse_action(turn_text: str) -> tuple[str | None, str]:
-    """Search-R1's action parser: the first ``<search>``/``<answer>`` pair, content stripped."""
-    match = _ACTION.search(turn_text)
+def parse_action(turn_text: str, pattern: re.Pattern = _ACTION) -> tuple[str | None, str]:
+    """Search-R1's action parser: the first ``<search>``/``<answer>`` pair, content stripped
+    (``pattern``: with the page tool's tag too, ``_actions``)."""
+    match = pattern.search(turn_text)
     return (match.group(1), match.group(2).strip()) if match else (None, "")
 
 
@@ -162,7 +169,16 @@ async def _ask_backend(query: str, config: Mapping[str, Any], ledger: Any) -> li
     from google_search_server import google_search
 
     paid = {} if ledger is None else {"ledger": ledger}  # search_db's paid-search cache and budget
-    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **paid, **config["google"])
+    links = {"with_links": True} if config["access"]["enabled"] else {}
+    return await google_search(query=query, top_k=config["topk"], timeout=config["search_timeout"], **paid, **config["google"], **links)
+
+
+def _actions(config: Mapping[str, Any]) -> tuple[re.Pattern, tuple[str, ...]]:
+    """The action pattern and the stop strings: Search-R1's two, plus the page tool's when it is on."""
+    if not config["access"]["enabled"]:
+        return _ACTION, _ACTION_STOPS
+    tag = config["access"]["tag"]
+    return re.compile(rf"<(search|answer|{re.escape(tag)})>(.*?)</\1>", re.DOTALL), (*_ACTION_STOPS, f"</{tag}>")
 
 
 async def _information_body(query: str, config: Mapping[str, Any], metrics: dict[str, Any]) -> str:
@@ -188,7 +204,8 @@ async def _information_body(query: str, config: Mapping[str, Any], metrics: dict
         return SEARCH_FAILED_TEXT
     finally:
         metrics["search_slot_waits"].append(slot.waited)
-    body = passages_to_string(results).strip()
+    show = page_tool.passages_with_links if config["access"]["enabled"] else passages_to_string
+    body = show(results).strip()
     if not body:
         metrics["search_no_results"] += 1
     return body or NO_RESULTS_TEXT
@@ -354,9 +371,25 @@ def _start(args: Any, sample: Any, tokenizer, evaluation: bool) -> dict[str, Any
     return metrics
 
 
-def _stop_list(stop: str | list[str] | None) -> list[str]:
+def _stop_list(stop: str | list[str] | None, actions: tuple[str, ...] = _ACTION_STOPS) -> list[str]:
     caller = [stop] if isinstance(stop, str) else list(stop or [])
-    return list(dict.fromkeys([*caller, *_ACTION_STOPS]))
+    return list(dict.fromkeys([*caller, *actions]))
+
+
+def _room(config: Mapping[str, Any], budget: int, sample: Any) -> int:
+    """Tokens the trajectory may still add: the response budget left, and the context budget
+    left when ``max_context_tokens`` is set."""
+    room = budget - sample.response_length
+    if config["max_context_tokens"] is not None:
+        room = min(room, config["max_context_tokens"] - len(sample.tokens))
+    return room
+
+
+def _deep_mode(config: Mapping[str, Any]) -> bool:
+    """The page tool or a long-horizon budget is on (docs/deep_research.md); off, the turn loop is Search-R1's."""
+    return bool(
+        config["access"]["enabled"] or config["max_tool_calls"] or config["answer_reserve_tokens"] or config["max_context_tokens"]
+    )
 
 
 def _routing_headers(args: Any, sample: Any) -> dict[str, str] | None:
@@ -442,6 +475,49 @@ def _fail(sample: Any, exc: RequestFailed, evaluation: bool) -> None:
     sample.metadata["search_r1"]["generate_error"] = str(exc)
 
 
+async def _deep_round(
+    sample: Any, args: Any, tokenizer, config: Mapping[str, Any], budget: int, metrics: dict[str, Any], action: str | None, content: str
+) -> None:
+    """One tool round in deep-research mode (docs/deep_research.md): run the action, append its
+    observation, and decide whether the next turn is the final one (then say so to the model).
+
+    With ``answer_reserve_tokens`` > 0 the tokens left above the reserve bound each observation,
+    and the round in which at most the largest observation cap is left above it is the last tool
+    round. ``max_tool_calls`` ends tool use after that many searches and page reads.
+    """
+    reserve = config["answer_reserve_tokens"]
+    tool = action not in (None, "search", "answer")  # the page tool's tag
+    cap = config["access"]["max_obs_tokens"] if tool else config["max_obs_tokens"]
+    largest = max(config["max_obs_tokens"], config["access"]["max_obs_tokens"] if config["access"]["enabled"] else 0)
+    room = _room(config, budget, sample)
+    limit = min(cap, room - reserve)
+    if reserve and room - reserve <= largest:
+        metrics["final_turn"] = "tokens"
+    if action is None:
+        metrics["invalid_actions"] += 1
+    else:  # a search or a page read: "answer" ended the trajectory before this round
+        metrics["tool_calls"] += 1
+        if config["max_tool_calls"] is not None and metrics["tool_calls"] >= config["max_tool_calls"]:
+            metrics["final_turn"] = metrics["final_turn"] or "tool_calls"
+    notice = page_tool.FINAL_TURN_NOTICE if metrics["final_turn"] else ""
+    if limit <= 0:  # the model's own turn used the room above the reserve: no tool runs
+        if notice and room > 0:
+            ids, text, _ = fit_observation(tokenizer, "", notice, "", room)
+            _append(sample, args, ids, None, text, None)
+        return
+    if action == "search":
+        head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), notice + INFORMATION_TAIL
+    elif tool:
+        head, body, tail = INFORMATION_HEAD, await page_tool.access_body(content, config, metrics), notice + INFORMATION_TAIL
+    else:
+        head, body, tail = "", INVALID_ACTION_MESSAGE, notice
+    # A cut shortens the body: the notice and the closing tag stay.
+    obs_ids, obs_text, cut = fit_observation(tokenizer, head, body, tail, limit)
+    metrics["obs_truncated"] += int(cut)
+    page_tool.note_seen(metrics, obs_text)
+    _append(sample, args, obs_ids, None, obs_text, None)
+
+
 async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], evaluation: bool = False) -> Any:
     """slime's custom generate hook: run one Search-R1 trajectory for ``sample``.
 
@@ -458,6 +534,12 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
     replay = getattr(args, "use_rollout_routing_replay", False)
     headers = _routing_headers(args, sample)
     metrics = _start(args, sample, tokenizer, evaluation)
+    deep = _deep_mode(config)
+    if config["access"]["enabled"]:
+        page_tool.require_extractor()
+    if deep and "tool_calls" not in metrics:
+        metrics.update(page_tool.new_metrics())
+    pattern, action_stops = _actions(config)
     turn_text = metrics.pop("partial_turn_text", "")
     local_backend = config["search_backend"] == "local"
     if local_backend:
@@ -467,13 +549,13 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
         metrics["db_stats_start"] = _db_stats(config)
     # no_stop_trim: the closing tag must stay in the text (slime sets it too); a trimmed text would
     # hide the action from the parser while its tokens are still in the response.
-    request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop")), "no_stop_trim": True}
+    request_params = {**sampling_params, "stop": _stop_list(sampling_params.get("stop"), action_stops), "no_stop_trim": True}
     url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}/generate"
 
     while True:
         # An abort can land on the very token that closed the action; that turn is then complete.
-        if parse_action(turn_text)[0] is None:
-            remaining = budget - sample.response_length
+        if parse_action(turn_text, pattern)[0] is None:
+            remaining = _room(config, budget, sample)
             if remaining <= 0:
                 sample.status = Status.TRUNCATED
                 break
@@ -494,16 +576,19 @@ async def generate(args: Any, sample: Any, sampling_params: dict[str, Any], eval
                 sample.status = Status.ABORTED
                 break
             if finish == "length":
-                _count_action(metrics, parse_action(turn_text)[0])
+                _count_action(metrics, parse_action(turn_text, pattern)[0])
                 sample.status = Status.TRUNCATED
                 break
-        action, content = parse_action(turn_text)
+        action, content = parse_action(turn_text, pattern)
         _count_action(metrics, action)
         turn_text = ""
-        if action == "answer" or metrics["turns"] >= config["max_turns"]:
+        if action == "answer" or metrics["turns"] >= config["max_turns"] or (deep and metrics["final_turn"]):
             sample.status = Status.COMPLETED
             break
         metrics["turns"] += 1
+        if deep:
+            await _deep_round(sample, args, tokenizer, config, budget, metrics, action, content)
+            continue
         if action == "search":
             head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), INFORMATION_TAIL
         else:
@@ -557,4 +642,6 @@ async def reward_func(args: Any, sample: Any, **kwargs: Any) -> float:
             "sample.label must look like {'ground_truth': {'target': [answers...]}} (run slime with "
             f"--label-key reward_model on Search-R1 data), got {sample.label!r}"
         ) from exc
-    return float((await score_sample(sample, _assistant_turn(sample), targets, config)).total)
+    # A page read has a search's structure (search_r1_slime.page_tool.as_search_structure).
+    text = page_tool.as_search_structure(_assistant_turn(sample), config)
+    return float((await score_sample(sample, text, targets, config)).total)

@@ -101,6 +101,7 @@ async def google_search(
     proxy: str | None = DEFAULTS.google.proxy,
     snippet_only: bool = DEFAULTS.google.snippet_only,
     ledger: PaidLedger | None = None,
+    with_links: bool = False,
     **settings: Any,
 ) -> list[dict]:
     """Search Google through serper.dev; see the module docstring for what comes back.
@@ -112,6 +113,8 @@ async def google_search(
     that would be sent goes through. Raises
     ``ValueError`` when no API key is configured, ``http_client.RequestFailed`` when serper.dev
     does not answer properly in time, or at once for a blank query (never sent: it would be paid for).
+    ``with_links``: each result also carries its page's address as ``"url"`` (the page tool's
+    search results show it, so the model can open the page).
     """
     config = SearchR1Config.checked(
         {
@@ -136,6 +139,7 @@ async def google_search(
         page_timeout=None if google.snippet_only else google.page_timeout,
         page_max_bytes=google.page_max_bytes,
         allow_private_pages=google.allow_private_pages,
+        with_links=with_links,
     )
 
     async def run() -> list[dict]:
@@ -144,7 +148,7 @@ async def google_search(
         return await _search(key, query, top_k, plan)
 
     return await _CACHE.get().get_or_run(
-        cache_key("google", (google.endpoint, google.snippet_only), query, top_k),
+        cache_key("google", (google.endpoint, google.snippet_only, with_links), query, top_k),
         run,
         use_cache=google.cache,
         max_size=google.cache_size,
@@ -160,6 +164,7 @@ class _Settings:
     page_timeout: float | None  # None: snippets only, no page fetching
     page_max_bytes: int
     allow_private_pages: bool
+    with_links: bool = False
 
 
 async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list[dict]:
@@ -195,7 +200,7 @@ async def _search(key: str, query: str, top_k: int, settings: _Settings) -> list
             for item, text, snippet in zip(items, texts, snippets)
         ]
     return [
-        document(str(item.get("title") or ""), context)
+        {**document(str(item.get("title") or ""), context), **({"url": str(item.get("link") or "")} if settings.with_links else {})}
         for item, context in zip(items, contexts)
         if item.get("title") or context
     ]
@@ -238,41 +243,57 @@ async def _page_text(url: str, timeout: float, settings: _Settings, extra: dict[
 
 
 async def _read_page(url: str, settings: _Settings, extra: dict[str, Any]) -> str:
-    page = await _download(url, settings, extra)
-    if page is None:
-        return ""
+    raw, charset = await download_page(url, settings.page_max_bytes, settings.allow_private_pages, extra)
     # chardet and the HTML parser take tens of ms of CPU for a large page: off the event loop.
     # Cancelled (past the deadline), a page still waiting for a thread is never parsed.
-    return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), _text_of, *page)
+    return await off_loop(_text_of, raw, charset)
 
 
-async def _download(url: str, settings: _Settings, extra: dict[str, Any]) -> tuple[bytes, str | None] | None:
-    """The first ``page_max_bytes`` of a text page and its declared charset, following redirects
-    (each checked like the link itself); None when the page is not to be had."""
+class PageUnavailable(Exception):
+    """A page that is not to be had; the message says why in a few words (the page tool shows it
+    to the model). ``kind`` names the reason for counting: refused, http_status, not_text, redirects."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+async def download_page(url: str, max_bytes: int, allow_private: bool, extra: dict[str, Any]) -> tuple[bytes, str | None]:
+    """The first ``max_bytes`` of a text page and its declared charset, following redirects (each
+    checked like the link itself); raises ``PageUnavailable`` when the page is not to be had."""
     # Through a proxy, the proxy connects (and resolves): only the per-hop check applies.
-    session = shared_session(public_only=not settings.allow_private_pages and "proxy" not in extra)
+    session = shared_session(public_only=not allow_private and "proxy" not in extra)
     target = URL(url)
     for _ in range(_MAX_REDIRECTS + 1):
         if target.scheme not in ("http", "https") or not target.host:
-            return None
-        if not settings.allow_private_pages and (problem := await host_problem(target.host, target.port)) is not None:
+            raise PageUnavailable("refused", f"not an http(s) URL: {str(target)[:200]}")
+        if not allow_private and (problem := await host_problem(target.host, target.port)) is not None:
             logger.debug("page %s not fetched: %s", target, problem)
-            return None
+            raise PageUnavailable("refused", f"address refused: {problem}")
         async with session.get(target, allow_redirects=False, headers={"User-Agent": _USER_AGENT}, **extra) as resp:
             if resp.status in _REDIRECTS and "Location" in resp.headers:
                 target = resp.url.join(URL(resp.headers["Location"]))
                 continue
-            if resp.status != 200 or not _is_text(resp.content_type):
-                logger.debug("page %s skipped: HTTP %d, %s", target, resp.status, resp.content_type)
-                return None
+            if resp.status != 200:
+                logger.debug("page %s skipped: HTTP %d", target, resp.status)
+                raise PageUnavailable("http_status", f"the server answered HTTP {resp.status}")
+            if not _is_text(resp.content_type):
+                logger.debug("page %s skipped: %s", target, resp.content_type)
+                raise PageUnavailable("not_text", f"not a text page ({resp.content_type})")
             raw = bytearray()
             async for chunk in resp.content.iter_chunked(64 * 1024):
                 raw += chunk
-                if len(raw) >= settings.page_max_bytes:
+                if len(raw) >= max_bytes:
                     break
-            return bytes(raw[: settings.page_max_bytes]), resp.charset
+            return bytes(raw[:max_bytes]), resp.charset
     logger.debug("page %s skipped: more than %d redirects", url, _MAX_REDIRECTS)
-    return None
+    raise PageUnavailable("redirects", f"more than {_MAX_REDIRECTS} redirects")
+
+
+async def off_loop(function: Any, *args: Any) -> Any:
+    """``function(*args)`` in this event loop's page-parsing threads, so that parsing a page never
+    stalls the loop the other trajectories run on (nor waits behind one slow page)."""
+    return await asyncio.get_running_loop().run_in_executor(_PARSERS.get(), function, *args)
 
 
 def _text_of(raw: bytes, charset: str | None) -> str:

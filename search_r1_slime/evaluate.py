@@ -23,6 +23,10 @@ Reproducing an evaluation: with ``search_r1.search_db`` in ``--config`` every se
 (docs/reproducibility.md); ``--replay FILE`` answers every search from such a record instead, in
 strict mode, so the same model and sampling give the same scores with no search backend running.
 
+``--questions FILE`` instead of ``--data`` evaluates deep-research mode on a GAIA / xBench-DeepSearch /
+Frames-style question set, judged by the LLM judge (``search_r1_slime.web_eval``: Avg@k, Pass@k,
+turns, tool calls and cost; docs/deep_research.md).
+
 Before the first trajectory every input is checked (the data, the search configuration, the
 tokenizer, that SGLang answers, and the search backend as ``search-r1-preflight`` checks it); a
 problem is one ``ERROR:`` line and exit status 1. Trajectories that SGLang failed count as wrong
@@ -188,9 +192,10 @@ async def run_evaluation(
     max_concurrency: int,
     progress: bool = True,
     n_samples: int = 1,
+    evaluate_one: Any = evaluate_row,
 ) -> list[dict[str, Any]]:
-    """Evaluate every row ``n_samples`` times, writing each record to ``output`` as it finishes;
-    returns the records in (row, sample) order."""
+    """Evaluate every row ``n_samples`` times (``evaluate_one``: one trajectory's run and record),
+    writing each record to ``output`` as it finishes; returns the records in (row, sample) order."""
     from generate_with_search import load_tokenizer
     from search_r1_slime.http_client import close_shared_session
 
@@ -199,7 +204,7 @@ async def run_evaluation(
 
     async def bounded(index: int, sample_index: int, row: dict[str, Any]) -> dict[str, Any]:
         async with semaphore:
-            return await evaluate_row(index, sample_index, row, tokenizer, args, params)
+            return await evaluate_one(index, sample_index, row, tokenizer, args, params)
 
     records = []
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -431,7 +436,11 @@ def _one_line(text: str | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="search-r1-evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, type=Path, help="test.parquet from search-r1-prepare-data")
+    parser.add_argument("--data", type=Path, help="test.parquet from search-r1-prepare-data")
+    parser.add_argument("--questions", type=Path, help="instead of --data: a GAIA / xBench / Frames-style question file (JSONL, JSON, CSV or TSV) for deep-research mode, judged by search_r1.judge")
+    parser.add_argument("--question-key", default="question", help="with --questions: the field holding the question")
+    parser.add_argument("--answer-key", default="answer", help="with --questions: the field holding the gold answer (a string or a list)")
+    parser.add_argument("--data-source", help="with --questions: the data set's name in the table (default: the file's stem)")
     parser.add_argument("--hf-checkpoint", required=True, help="the served model's HF folder (its tokenizer is used)")
     parser.add_argument("--sglang-url", default="http://127.0.0.1:30000", help="SGLang server (or router) address")
     parser.add_argument("--config", type=Path, help="YAML with a search_r1: mapping, as given to slime's --custom-config-path (default: the plugin's defaults)")
@@ -465,6 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse("--temperature must be at least 0 and --top-p above 0 and at most 1")
     if cli.n_samples > 1 and cli.temperature == 0:
         parser.refuse("--n-samples > 1 needs --temperature > 0: greedy decoding gives the same answer every time")
+    if (cli.data is None) == (cli.questions is None):
+        parser.refuse("give --data (a Search-R1 test.parquet) or --questions (a deep-research question file), one of them")
     if cli.output.is_dir():
         parser.refuse(f"--output {cli.output} is a directory; name the JSONL file to write")
     try:
@@ -491,7 +502,14 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve_config(SimpleNamespace(search_r1=overrides))  # checked even with --skip-preflight
         if config["search_db"]["path"] is not None:
             search_db.database(config["search_db"]).check()
-        rows = read_rows(cli.data, cli.limit)
+        if cli.questions is not None:
+            from search_r1_slime.web_eval import read_questions
+
+            rows = read_questions(cli.questions, cli.question_key, cli.answer_key, cli.data_source, cli.limit)
+            if config["judge"]["url"] is None:
+                raise ValueError("--questions is scored by the LLM judge: pass --judge-url or set search_r1.judge.url in the --config YAML")
+        else:
+            rows = read_rows(cli.data, cli.limit)
         check_model("--hf-checkpoint", cli.hf_checkpoint)
     except ConfigError as exc:
         problems = exc.problems
@@ -503,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
         if not cli.skip_preflight and cli.replay is None:
             problems += search_problems(overrides)
-        if cli.judge_url is not None or overrides.get("reward") == "judge":
+        if cli.questions is not None or cli.judge_url is not None or overrides.get("reward") == "judge":
             problems += [p for p in [judge_problem(config["judge"])] if p]
     if not problems:
         problems = [p for p in [tokenizer_problem(cli.hf_checkpoint, rows[0]["prompt"])] if p is not None]
@@ -522,6 +540,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     params = sampling_params(cli.max_response_len, cli.temperature, cli.top_p)
     try:
+        if cli.questions is not None:
+            from search_r1_slime.web_eval import evaluate_question
+
+            records = asyncio.run(run_evaluation(
+                rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples, evaluate_question
+            ))
+            return _report_web(cli, rows, records)
         records = asyncio.run(
             run_evaluation(rows, args, params, cli.output, cli.max_concurrency, not cli.no_progress, cli.n_samples)
         )
@@ -557,6 +582,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {failure}; the table counts them as wrong.", file=sys.stderr)
         return 1
     return 0
+
+
+def _report_web(cli: argparse.Namespace, rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> int:
+    """Print and save the deep-research table; 1 when a trajectory failed or an answer went unjudged."""
+    from search_r1_slime.web_eval import format_web_table, web_scores, write_web_summary
+
+    failed = [record for record in records if record["status"] == EvalSample.Status.FAILED.value]
+    scores = web_scores(records)
+    summary = summary_path(cli.output)
+    settings = {"questions_file": str(cli.questions), "questions": len(rows), "temperature": cli.temperature,
+                "top_p": cli.top_p, "max_response_len": cli.max_response_len, "trajectories": str(cli.output)}
+    write_web_summary(summary, scores, cli.n_samples, len(failed), settings)
+    print(f"Judged scores of {len(rows)} questions x {cli.n_samples} samples (trajectories in {cli.output}, summary in {summary}):")
+    print(format_web_table(scores, cli.n_samples))
+    unjudged = sum(s.unjudged for s in scores.values())
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} of {len(records)} trajectories failed (first error: {_one_line(failed[0]['error'])})")
+    if unjudged:
+        first = next(r["judge_reason"] for r in records if r["correct"] is None)
+        problems.append(f"{unjudged} answers got no verdict from the judge (first reason: {_one_line(first)})")
+    for problem in problems:
+        print(f"ERROR: {problem}; the table counts them as wrong.", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -145,6 +145,13 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
         key = resolve_secret(config[backend]["api_key"], config[backend]["api_key_file"], env)  # checks env's key
     except ConfigError as exc:
         return exc.problems
+    if config["access"]["enabled"]:
+        from search_r1_slime.page_tool import require_extractor
+
+        try:
+            require_extractor()
+        except ImportError as exc:
+            return [str(exc)]
     if backend == "google":
         if key is not None:
             return []

@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,22 @@ PROMPT_TEMPLATE = (
     "</answer>, without detailed illustrations. For example, <answer> Beijing </answer>. Question: {question}\n"
 )
 
+# Deep-research mode's two-tool instruction (search_r1.access, docs/deep_research.md), in our own
+# words. The design, a search tool plus a page-reading tool named by the <access> tag over many
+# turns, follows ASearcher (Gao et al., 2025, "Beyond Ten Turns: Unlocking Long-Horizon Agentic
+# Search with Large-Scale Asynchronous RL", https://github.com/inclusionAI/ASearcher); the
+# think/search/information/answer tags stay Search-R1's, so its format check still applies.
+DEEP_RESEARCH_PROMPT_TEMPLATE = (
+    "Answer the given question. Reason inside <think> and </think> every time you get new information. "
+    "You have two tools and may call one per turn, as many turns as you need. "
+    "To search the web, write <search> query </search>: the results come back between <information> and "
+    "</information>, each with the URL of its page. "
+    "To read one of those pages, write <{access_tag}> URL </{access_tag}>: the main text of the page comes back "
+    "between <information> and </information>. Snippets can be misleading, so read the pages that matter. "
+    "When you are confident, give the answer inside <answer> and </answer>, without detailed illustrations. "
+    "For example, <answer> Beijing </answer>. Question: {question}\n"
+)
+
 
 def normalize_question(question: str) -> str:
     """Search-R1's normalisation: strip, and end with a question mark."""
@@ -92,7 +108,18 @@ def make_prompt(question: str) -> str:
     return PROMPT_TEMPLATE.format(question=question)
 
 
-def make_row(example: dict[str, Any], data_source: str, split: str, index: int) -> dict[str, Any]:
+def make_deep_research_prompt(question: str, access_tag: str = "access") -> str:
+    """The two-tool instruction; ``access_tag``: ``search_r1.access.tag``."""
+    return DEEP_RESEARCH_PROMPT_TEMPLATE.format(question=question, access_tag=access_tag)
+
+
+# --prompt's choices: which instruction the rows carry.
+PROMPTS = {"search-r1": make_prompt, "deep-research": make_deep_research_prompt}
+
+
+def make_row(
+    example: dict[str, Any], data_source: str, split: str, index: int, prompt: Callable[[str], str] = make_prompt
+) -> dict[str, Any]:
     """One Search-R1 row from one FlashRAG record (``id``, ``question``, ``golden_answers``)."""
     question = normalize_question(example["question"])
     answers = [str(answer) for answer in example["golden_answers"]]
@@ -101,7 +128,7 @@ def make_row(example: dict[str, Any], data_source: str, split: str, index: int) 
         "question": question,
         "golden_answers": answers,
         "data_source": data_source,
-        "prompt": [{"role": "user", "content": make_prompt(question)}],
+        "prompt": [{"role": "user", "content": prompt(question)}],
         "ability": "fact-reasoning",
         "reward_model": {"style": "rule", "ground_truth": {"target": answers}},
         "extra_info": {"split": split, "index": index},
@@ -135,10 +162,10 @@ def split_file(flashrag_dir: Path, data_source: str, preference: tuple[str, ...]
     raise FileNotFoundError(f"{folder} has no {wanted}: is '{data_source}' a FlashRAG dataset name?")
 
 
-def read_source(flashrag_dir: Path, source: str, split: str) -> pa.Table:
+def read_source(flashrag_dir: Path, source: str, split: str, prompt: Callable[[str], str] = make_prompt) -> pa.Table:
     """One dataset's rows for ``split`` ("train" or "test"); ValueError when its file holds none."""
     path = split_file(flashrag_dir, source, ("train",) if split == "train" else TEST_SPLIT_PREFERENCE)
-    rows = [make_row(record, source, split, i) for i, record in enumerate(read_jsonl(path))]
+    rows = [make_row(record, source, split, i, prompt) for i, record in enumerate(read_jsonl(path))]
     if not rows:
         raise ValueError(f"{path}: no records (one JSON object a line expected); is the download complete?")
     logger.info("%s: %d rows from %s", source, len(rows), path)
@@ -201,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-source-test", action="store_true",
         help="also write test_<dataset>.parquet for each test dataset (for per-dataset evaluation during training)",
     )
+    parser.add_argument(
+        "--prompt", choices=sorted(PROMPTS), default="search-r1",
+        help="the instruction: Search-R1's, or deep-research mode's two tools (search_r1.access, tag 'access')",
+    )
     parser.add_argument("--flashrag-dir", type=Path, help="a local copy of FlashRAG_datasets, for machines without Hub access (default: download from the Hub)")
     parser.add_argument("--repo-id", default=FLASHRAG_REPO, help="Hub dataset repository to download from")
     parser.add_argument("--revision", help="Hub revision (branch, tag or commit) to pin the data to (default: the newest)")
@@ -245,7 +276,8 @@ def _prepare(args: argparse.Namespace) -> None:
         outputs += [(per_source_test_path(args.local_dir, source), [source], "test") for source in args.test_sources]
     # Every source is read and checked before the first file is written: a mistake in the last
     # one leaves nothing behind.
-    tables = {(source, split): read_source(flashrag_dir, source, split) for _, sources, split in outputs for source in sources}
+    prompt = PROMPTS[args.prompt]
+    tables = {(source, split): read_source(flashrag_dir, source, split, prompt) for _, sources, split in outputs for source in sources}
     for path, sources, split in outputs:
         if sources:
             rows = write_parquet(path, [tables[source, split] for source in sources])

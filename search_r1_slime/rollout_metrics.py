@@ -118,11 +118,39 @@ def rollout_metrics(samples: Sequence[Any], client: bool = True) -> dict[str, fl
         metrics["paid_cost"] = float(max(end["run_cost"] for end in ends))
         metrics["budget_refusals"] = float(paid["budget_refusals"])
         _ratio(metrics, "paid_cache_hit_ratio", paid["paid_cache_hits"], paid["paid_cache_hits"] + paid["paid"])
+    deep = [t for t in traces if "tool_calls" in t]  # deep-research mode (search_r1_slime.page_tool)
+    if deep:
+        metrics.update(_deep_research_metrics(deep))
     matches = [m for m in map(_exact_match, traced) if m is not None]
     if matches:
         metrics["exact_match"] = sum(matches) / len(matches)
     metrics.update(reward_metrics(traced))
     return {PREFIX + name: value for name, value in metrics.items()}
+
+
+def _deep_research_metrics(traces: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The page tool's ``access/*`` and the long-horizon budgets' metrics (docs/metrics.md)."""
+    from search_r1_slime.page_tool import FAILURE_KINDS
+
+    metrics: dict[str, float] = {}
+    for name, key in (("tool_calls_per_trajectory", "tool_calls"), ("turns_per_trajectory", "turns"), ("access/calls_per_trajectory", "accesses")):
+        values = [t[key] for t in traces]
+        metrics[f"{name}/mean"] = float(np.mean(values))
+        metrics[f"{name}/max"] = float(max(values))
+    for reason in ("tool_calls", "tokens"):
+        metrics[f"budget_stop/{reason}_ratio"] = sum(t["final_turn"] == reason for t in traces) / len(traces)
+    reads = sum(t["accesses"] for t in traces)
+    failures = {kind: sum(t["access_failures"][kind] for t in traces) for kind in FAILURE_KINDS}
+    _ratio(metrics, "access/failure_ratio", sum(failures.values()), reads)
+    for kind, count in failures.items():
+        _ratio(metrics, f"access/{kind}_ratio", count, reads)
+    # Reads that went out to the web; the others were served by the page cache or a fetch in flight.
+    _ratio(metrics, "access/fetch_ratio", sum(t["access_fetches"] for t in traces), reads)
+    seconds = [value for t in traces for value in t["access_latencies"]]
+    if seconds:
+        metrics["access/latency/p50"] = float(np.percentile(seconds, 50))
+        metrics["access/latency/p99"] = float(np.percentile(seconds, 99))
+    return metrics
 
 
 def reward_metrics(samples: Sequence[Any]) -> dict[str, float]:

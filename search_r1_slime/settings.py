@@ -238,6 +238,29 @@ class GoogleSettings(_KeyedSection):
     allow_private_pages: bool = False
 
 
+class AccessSettings(_Section):
+    """``search_r1.access``: the page-reading tool of deep-research mode (docs/deep_research.md)."""
+
+    enabled: bool = False  # off: the model has the search tool only, exactly as Search-R1
+    tag: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")] = "access"  # the model writes <tag> URL </tag>
+    # Any public URL may be opened; otherwise only one shown in an earlier observation of the trajectory.
+    any_public_url: bool = False
+    max_obs_tokens: int = Field(2000, ge=1)  # cap on one page's observation, in tokens
+    page_timeout: float = Field(10.0, gt=0)  # seconds to fetch one page, redirects included
+    page_max_bytes: int = Field(2_000_000, ge=1)  # a larger page is refused ("too big"), not cut
+    proxy: Proxy = None
+    cache: bool = True  # the same URL is fetched once per run (per event loop)
+    cache_size: int = Field(10_000, ge=0)
+    # Fetch pages on loopback, private, link-local and other non-public addresses too.
+    allow_private_pages: bool = False
+
+    @model_validator(mode="after")
+    def _tag_is_free(self) -> AccessSettings:
+        if self.tag in ("search", "answer", "information", "think"):
+            raise ValueError(f"search_r1.access.tag must differ from the tags search, answer, information and think, got {self.tag!r}")
+        return self
+
+
 class JudgeSettings(_KeyedSection):
     """``search_r1.judge``: the LLM judge (``search_r1_slime.judge``, docs/rewards.md)."""
 
@@ -312,6 +335,15 @@ class SearchR1Config(_Section):
     local: LocalSettings = Field(default_factory=LocalSettings)
     google: GoogleSettings = Field(default_factory=GoogleSettings)
     search_db: SearchDbSettings = Field(default_factory=SearchDbSettings)
+    # ---- deep research: the page tool and long horizons (docs/deep_research.md) ----
+    access: AccessSettings = Field(default_factory=AccessSettings)
+    # The most tool calls (searches and page reads) in one trajectory; None: no cap but max_turns.
+    max_tool_calls: int | None = Field(None, ge=1)
+    # Tokens kept for the final answer turn: once at most the largest observation cap is left above
+    # it, no tool runs after this round and the model is told to answer. 0: off (Search-R1's cut).
+    answer_reserve_tokens: int = Field(0, ge=0)
+    # The most tokens of prompt plus response; None: only the response budget bounds a trajectory.
+    max_context_tokens: int | None = Field(None, ge=1)
     # ---- training ----
     return_logprob: bool = True  # keep rollout log-probs (needed for TIS); False: rollout_log_probs=None
     format_score: float = Field(0.2, ge=0, le=1)  # reward of a well-formed trajectory with a wrong answer

@@ -19,7 +19,8 @@ from tests.test_generate_turns import ANSWER_TURN, SEARCH_TURN
 
 def test_defaults_keep_upstreams_keys_and_values():
     local, google = SEARCH_R1_CONFIGS["local"], SEARCH_R1_CONFIGS["google"]
-    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge", "llds", "search_db")}
+    deep_research = ("access", "max_tool_calls", "answer_reserve_tokens", "max_context_tokens")  # ours, off by default
+    top = {k: v for k, v in SEARCH_R1_CONFIGS.items() if k not in ("local", "google", "judge", "llds", "search_db", *deep_research)}
     assert top == {
         "max_turns": 2,
         "topk": 3,
@@ -39,6 +40,8 @@ def test_defaults_keep_upstreams_keys_and_values():
         "search_penalty": 0.0,
         "invalid_action_penalty": 0.0,
     }
+    assert [SEARCH_R1_CONFIGS[k] for k in deep_research[1:]] == [None, 0, None]
+    assert SEARCH_R1_CONFIGS["access"]["enabled"] is False
     # Backends may add tuning keys to their sub-dict (the cross-team contract); upstream's stay.
     assert {k: local[k] for k in ("search_url", "proxy")} == {"search_url": "http://127.0.0.1:8000/retrieve", "proxy": None}
     assert {k: google[k] for k in ("api_key", "snippet_only", "proxy")} == {"api_key": None, "snippet_only": True, "proxy": None}

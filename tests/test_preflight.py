@@ -138,3 +138,13 @@ async def test_the_google_line_says_what_was_and_was_not_checked(tmp_path):
         "search backend google: a serper.dev key is set; not checked: the key itself and serper.dev's answer "
         "(no request was made, as a search costs a credit)"
     ]
+
+
+def test_the_page_tool_without_its_extractor_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trafilatura", None)  # as if not installed: importing it fails
+    overrides = {"search_backend": "google", "google": {"api_key": "serper-key-0123456789"}, "access": {"enabled": True}}
+    (problem,) = preflight.search_problems(overrides)
+    assert problem.startswith("search_r1.access.enabled needs trafilatura (")
+    assert problem.endswith("): pip install 'search-r1-slime[deep_research]'")
+    monkeypatch.delitem(sys.modules, "trafilatura")
+    assert preflight.search_problems(overrides) == []

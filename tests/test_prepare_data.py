@@ -270,3 +270,14 @@ def test_a_bad_flag_is_refused_before_any_download(tmp_path, capsys, flags, mess
     assert exit_.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()  # the error alone, no usage before it
     assert line.endswith(f"error: {message.format(tmp=tmp_path)}")
+
+
+def test_deep_research_prompt_names_both_tools_and_keeps_the_labels(flashrag, tmp_path):
+    out = tmp_path / "out"
+    prepare_data.main(["--local-dir", str(out), "--flashrag-dir", str(flashrag), "--test-sources", "", "--prompt", "deep-research"])
+    row = pq.read_table(out / "train.parquet").to_pylist()[0]
+    content = row["prompt"][0]["content"]
+    assert content.startswith("Answer the given question. Reason inside <think> and </think>")
+    assert "<search> query </search>" in content and "<access> URL </access>" in content
+    assert content.endswith("Question: total number of death row inmates in the us?\n")
+    assert row["reward_model"] == {"style": "rule", "ground_truth": {"target": ["2,718"]}}

@@ -233,3 +233,41 @@ def test_eval_hook_adds_exact_match_per_data_source(monkeypatch, sample_cls):
         "eval/nq/search_r1/exact_match": 0.5,
         "eval/step": 3 * 32,
     }, "eval/step")]
+
+
+def deep_trace(**values) -> dict:
+    from search_r1_slime.page_tool import new_metrics
+
+    failures = {**new_metrics()["access_failures"], **values.pop("failures", {})}
+    return trace(**{**new_metrics(), "access_failures": failures, **values})
+
+
+def test_deep_research_metrics_are_counted_per_read_and_per_trajectory():
+    from tests.fakes.sample import NewSample
+
+    samples = [
+        # 3 reads: one fetched, one from the cache, one refused as not seen; the tool-call cap ended it.
+        NewSample(response="", label=GOLD, metadata={"search_r1": deep_trace(
+            turns=5, tool_calls=5, accesses=3, access_fetches=1, access_latencies=[0.1, 0.3],
+            failures={"not_seen": 1}, final_turn="tool_calls")}),
+        # 1 read that timed out and went out; the token reserve ended it.
+        NewSample(response="", label=GOLD, metadata={"search_r1": deep_trace(
+            turns=2, tool_calls=2, accesses=1, access_fetches=1, access_latencies=[2.0], failures={"timeout": 1}, final_turn="tokens")}),
+        # No reads: searched once and answered.
+        NewSample(response="", label=GOLD, metadata={"search_r1": deep_trace(turns=1, tool_calls=1)}),
+    ]
+    metrics = rollout_metrics.rollout_metrics(samples, client=False)
+    access = {k[len("search_r1/"):]: v for k, v in metrics.items() if k.startswith("search_r1/access/") or "budget" in k or "per_trajectory" in k}
+    assert access["tool_calls_per_trajectory/mean"] == pytest.approx(8 / 3) and access["tool_calls_per_trajectory/max"] == 5
+    assert access["turns_per_trajectory/mean"] == pytest.approx(8 / 3) and access["turns_per_trajectory/max"] == 5
+    assert access["access/calls_per_trajectory/mean"] == pytest.approx(4 / 3) and access["access/calls_per_trajectory/max"] == 3
+    assert access["budget_stop/tool_calls_ratio"] == pytest.approx(1 / 3) and access["budget_stop/tokens_ratio"] == pytest.approx(1 / 3)
+    assert access["access/failure_ratio"] == 2 / 4
+    assert access["access/not_seen_ratio"] == 1 / 4 and access["access/timeout_ratio"] == 1 / 4 and access["access/too_big_ratio"] == 0
+    assert access["access/fetch_ratio"] == 2 / 4
+    assert access["access/latency/p50"] == pytest.approx(0.3) and access["access/latency/p99"] == pytest.approx(0.3 + 0.98 * 1.7)
+
+
+def test_no_deep_research_metrics_when_the_mode_is_off():
+    metrics = rollout_metrics.rollout_metrics(rollout(SAMPLE_CLASSES[0]), client=False)
+    assert not any("access/" in key or "budget_stop" in key or "tool_calls" in key for key in metrics)

@@ -1,7 +1,8 @@
 """Web pages for the Google backend's page fetching, served on loopback in several encodings.
 
 ``pages`` maps a path to a ``Page``: raw bytes (already encoded), a content type, and optional
-misbehaviour (a status, a delay before answering, a redirect's ``location``). ``html_page`` builds an HTML document of
+misbehaviour (a status, a delay before answering, a redirect's ``location``, or ``endless``: the
+body is sent again and again, a little at a time, and the answer never ends). ``html_page`` builds an HTML document of
 paragraphs in a given encoding; by default the charset is NOT declared in the Content-Type, so
 the client has to detect it (as with many real pages). ``fetched`` counts requests per path.
 """
@@ -25,6 +26,7 @@ class Page:
     status: int = 200
     delay_s: float = 0.0
     location: str | None = None  # a redirect's target
+    endless: bool = False  # stream the body forever
 
 
 def html_page(title: str, paragraphs: list[str], encoding: str, *, declare_charset: bool = False) -> Page:
@@ -55,4 +57,10 @@ class PageServer(LoopbackServer):
         if page.delay_s:
             await asyncio.sleep(page.delay_s)
         headers = {"Content-Type": page.content_type, **({"Location": page.location} if page.location else {})}
+        if page.endless:
+            response = web.StreamResponse(status=page.status, headers=headers)
+            await response.prepare(request)
+            while True:
+                await response.write(page.body)
+                await asyncio.sleep(0.05)
         return web.Response(status=page.status, body=page.body, headers=headers)
