@@ -524,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         if cli.questions is not None or cli.judge_url is not None or overrides.get("reward") == "judge":
             problems += [p for p in [judge_problem(config["judge"])] if p]
     if not problems:
-        problems = [p for p in [tokenizer_problem(cli.hf_checkpoint, rows[0]["prompt"])] if p is not None]
+        # A --questions row's prompt is made per trajectory (web_eval): its question stands in here.
+        first = rows[0].get("prompt") or [{"role": "user", "content": rows[0]["question"]}]
+        problems = [p for p in [tokenizer_problem(cli.hf_checkpoint, first)] if p is not None]
     if problems:
         for problem in problems:
             print(f"ERROR: {problem}", file=sys.stderr)
