@@ -379,25 +379,6 @@ def sglang_problem(host: str, port: int, timeout_s: float = 5.0) -> str | None:
         )
 
 
-def judge_problem(settings: dict[str, Any]) -> str | None:
-    """One question the judge must get right, asked before the first trajectory; None when it does."""
-    from search_r1_slime.http_client import close_shared_session
-    from search_r1_slime.judge import judge_answer
-
-    async def ask():
-        try:
-            return await judge_answer("What is the capital of France?", ["Paris"], "Paris", settings)
-        finally:
-            await close_shared_session()
-
-    verdict = asyncio.run(ask())
-    if verdict.correct is None:
-        return f"the judge at {settings['url']} gave no verdict: {_one_line(verdict.reason)}"
-    if not verdict.correct:
-        return f"the judge at {settings['url']} judged 'Paris' wrong for the capital of France: check its model and prompt"
-    return None
-
-
 def _one_line(text: str | None) -> str:
     return " ".join(str(text).split())
 
@@ -442,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.refuse(str(exc))
 
     from generate_with_search import load_tokenizer, resolve_config
-    from search_r1_slime.preflight import load_search_overrides, search_problems
+    from search_r1_slime.preflight import judge_problem, load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
     # Every check before the first trajectory, cheap ones first; one line per problem.
@@ -467,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
         if not cli.skip_preflight:
             problems += search_problems(overrides)
-        if cli.judge_url is not None or overrides.get("reward") == "judge":
+        if cli.judge_url is not None or resolve_config(SimpleNamespace(search_r1=overrides))["reward"] == "judge":
             problems += [p for p in [judge_problem(resolve_config(SimpleNamespace(search_r1=overrides))["judge"])] if p]
     if problems:
         for problem in problems:
