@@ -27,8 +27,8 @@
 #                       (docs/serve.md)                                  standalone
 #   SERVE_CONFIG        Ray Serve config of the retrieval server         serve_retrieval.yaml (beside this script)
 #   SERVE_START_TIMEOUT seconds to wait for its replicas to load and run 1800
-#   RETRIEVAL_API_KEY, SERPER_API_KEY
-#                       search keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
+#   RETRIEVAL_API_KEY, SERPER_API_KEY, JUDGE_API_KEY
+#                       search and LLM-judge keys: carried to every Ray worker, never printed (DRY_RUN redacts them)
 #
 # Unlike upstream this script kills nothing it did not start: no `pkill -9 python` (which would
 # also end your retrieval server). If a Ray cluster already answers on RAY_DASHBOARD_PORT the job
@@ -428,15 +428,15 @@ if ((config_paths > 1)); then
 fi
 
 # The environment of every Ray worker: this folder (the plugin), slime (for examples.* hooks such
-# as TIS) and Megatron on the PYTHONPATH, and the search keys of this shell (RETRIEVAL_API_KEY,
-# SERPER_API_KEY), which a worker on another node or in an already running cluster would not
+# as TIS) and Megatron on the PYTHONPATH, and the search and judge keys of this shell (RETRIEVAL_API_KEY,
+# SERPER_API_KEY, JUDGE_API_KEY), which a worker on another node or in an already running cluster would not
 # have otherwise. Ray reads it from a file only this user can read (mktemp's mode 0600), never
 # from the command line, which `ps` shows to everyone; DRY_RUN prints it with the keys redacted.
 runtime_env() {
    python3 -c '
 import json, os, sys
 env_vars = {"PYTHONPATH": sys.argv[1], "CUDA_DEVICE_MAX_CONNECTIONS": "1"}
-for key in ("RETRIEVAL_API_KEY", "SERPER_API_KEY"):
+for key in ("RETRIEVAL_API_KEY", "SERPER_API_KEY", "JUDGE_API_KEY"):
     if os.environ.get(key):
         env_vars[key] = "<redacted>" if sys.argv[2] == "redacted" else os.environ[key]
 print(json.dumps({"env_vars": env_vars}))

@@ -411,25 +411,6 @@ def tokenizer_problem(hf_checkpoint: str, messages: list[dict[str, str]]) -> str
     return None
 
 
-def judge_problem(settings: dict[str, Any]) -> str | None:
-    """One question the judge must get right, asked before the first trajectory; None when it does."""
-    from search_r1_slime.http_client import close_shared_session
-    from search_r1_slime.judge import judge_answer
-
-    async def ask():
-        try:
-            return await judge_answer("What is the capital of France?", ["Paris"], "Paris", settings)
-        finally:
-            await close_shared_session()
-
-    verdict = asyncio.run(ask())
-    if verdict.correct is None:
-        return f"the judge at {settings['url']} gave no verdict: {_one_line(verdict.reason)}"
-    if not verdict.correct:
-        return f"the judge at {settings['url']} judged 'Paris' wrong for the capital of France: check its model and prompt"
-    return None
-
-
 def _one_line(text: str | None) -> str:
     return " ".join(str(text).split())
 
@@ -486,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from generate_with_search import resolve_config
     from search_r1_slime import search_db
-    from search_r1_slime.preflight import load_search_overrides, search_problems
+    from search_r1_slime.preflight import judge_problem, load_search_overrides, search_problems
     from search_r1_slime.settings import ConfigError
 
     # Every check before the first trajectory (and before the output is created), cheap ones
@@ -521,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         problems = [p for p in [sglang_problem(host, port)] if p is not None]
         if not cli.skip_preflight and cli.replay is None:
             problems += search_problems(overrides)
-        if cli.questions is not None or cli.judge_url is not None or overrides.get("reward") == "judge":
+        if cli.questions is not None or cli.judge_url is not None or config["reward"] == "judge":
             problems += [p for p in [judge_problem(config["judge"])] if p]
     if not problems:
         # A --questions row's prompt is made per trajectory (web_eval): its question stands in here.

@@ -10,6 +10,8 @@ then one test search sent by the plugin's own client with the plugin's settings,
 wrong access token (401), a ``topk`` the server refuses or an answer in the wrong format shows up
 here rather than as failed searches in every rollout. For Google a serper.dev key must be
 configured (the key itself is never printed; it is not tried, as a search costs a credit).
+With ``search_r1.reward: judge`` the LLM judge must then judge one test answer right
+(``judge_problem``, which ``search-r1-evaluate --judge-url`` runs too).
 The command prints one line per problem and exits 1, or one line saying what it checked.
 
 It is also the only guard against a key written in the YAML reaching W&B: slime's ``train.py``
@@ -166,6 +168,25 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
     return problems or asyncio.run(_search_problems(urls, config, timeout_s))
 
 
+def judge_problem(settings: dict[str, Any]) -> str | None:
+    """One question the judge must get right, asked before the first trajectory; None when it does."""
+    from search_r1_slime.http_client import close_shared_session
+    from search_r1_slime.judge import judge_answer
+
+    async def ask():
+        try:
+            return await judge_answer("What is the capital of France?", ["Paris"], "Paris", settings)
+        finally:
+            await close_shared_session()
+
+    verdict = asyncio.run(ask())
+    if verdict.correct is None:
+        return f"the judge at {settings['url']} gave no verdict: {' '.join(verdict.reason.split())}"
+    if not verdict.correct:
+        return f"the judge at {settings['url']} judged 'Paris' wrong for the capital of France: check its model and prompt"
+    return None
+
+
 def _search_urls(config: dict[str, Any]) -> list[str]:
     urls = config["local"]["search_url"]
     return [urls] if isinstance(urls, str) else urls
@@ -219,11 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    judge = None
     try:
         custom_config = load_custom_config(args.config)
         overrides = custom_config.get(SECTION) or {}
         use_wandb = args.use_wandb or bool(custom_config.get("use_wandb"))
         problems = search_problems(overrides, args.timeout, use_wandb, check_servers=not args.config_only)
+        judge = _judge_settings(overrides) if not problems else None
+        problems += [p for p in [judge and judge_problem(judge)] if p]
     except ConfigError as exc:
         problems = exc.problems
     except (OSError, ValueError, ImportError) as exc:
@@ -233,7 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         return 1
     print("search configuration valid; the retrieval servers are not checked" if args.config_only else ready_line(overrides))
+    if judge:
+        print(f"LLM judge ready: {judge['url']} judged a test answer right")
     return 0
+
+
+def _judge_settings(overrides: Any) -> dict[str, Any] | None:
+    """The judge's settings when the reward asks a judge (search_r1.reward: judge), else None."""
+    from generate_with_search import resolve_config
+
+    config = resolve_config(SimpleNamespace(search_r1=overrides))
+    return config["judge"] if config["reward"] == "judge" else None
 
 
 if __name__ == "__main__":

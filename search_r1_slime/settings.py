@@ -354,8 +354,8 @@ class SearchR1Config(_Section):
     reward: Literal["em", "subem", "f1", "judge"] = "em"  # how the answer is scored
     format_gate: bool = False  # the outcome counts only in a valid format (ASearcher's F1 x format)
     format_penalty: float = Field(0.0, ge=0)  # subtracted from a trajectory in a broken format (R1-Searcher: 2)
-    search_penalty: float = Field(0.0, ge=0)  # subtracted per search run
-    invalid_action_penalty: float = Field(0.0, ge=0)  # subtracted per invalid action
+    search_penalty: float = Field(0.0, ge=0)  # subtracted per search the model wrote (run or not)
+    invalid_action_penalty: float = Field(0.0, ge=0)  # subtracted per model turn without a search or answer
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     llds: LldsSettings = Field(default_factory=LldsSettings)
 

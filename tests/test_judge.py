@@ -54,7 +54,7 @@ async def test_answers_of_a_group_share_requests_and_identical_ones_are_asked_on
 
 async def test_a_request_carries_the_prompt_and_chat_fields_the_api_defines():
     async with FakeJudge(ALIASES) as judge:
-        await judge_answer("who was president in 1962?", GOLD, "JFK", settings(judge, model="qwen-judge", max_tokens=64))
+        await judge_answer("who was president in 1962?", GOLD, "JFK", settings(judge, model="qwen-judge", max_tokens=64, batch_wait=0.01))
         headers, body = judge.requests[0]
         item = JudgeItem("who was president in 1962?", GOLD, "JFK")
         assert body == {

@@ -443,18 +443,19 @@ def test_reuses_a_running_ray_cluster_and_leaves_it_running(world, http_server):
 
 
 SERPER = "serper-" + TOKEN[::-1]
+JUDGE = "judge-" + TOKEN
 
 
 def test_the_search_keys_reach_every_ray_worker_and_are_printed_nowhere(world):
     _, env = world
-    keys = {"RETRIEVAL_API_KEY": TOKEN, "SERPER_API_KEY": SERPER}
+    keys = {"RETRIEVAL_API_KEY": TOKEN, "SERPER_API_KEY": SERPER, "JUDGE_API_KEY": JUDGE}
     assert len(TOKEN) >= 300
 
     dry = run(env, DRY_RUN="1", **keys)
     assert dry.returncode == 0 and "WARNING" not in dry.stderr, dry.stderr
     shown = workers_environment(dry.stdout)["env_vars"]
-    assert (shown["RETRIEVAL_API_KEY"], shown["SERPER_API_KEY"]) == ("<redacted>", "<redacted>")
-    assert not leaked(TOKEN, dry.stdout + dry.stderr) and not leaked(SERPER, dry.stdout + dry.stderr)
+    assert (shown["RETRIEVAL_API_KEY"], shown["SERPER_API_KEY"], shown["JUDGE_API_KEY"]) == ("<redacted>",) * 3
+    assert not any(leaked(key, dry.stdout + dry.stderr) for key in keys.values())
 
     launch = run(env, **keys)
     assert launch.returncode == 0, launch.stderr
@@ -462,10 +463,10 @@ def test_the_search_keys_reach_every_ray_worker_and_are_printed_nowhere(world):
     mode, runtime_env = Path(env["RAY_CALLS"] + ".runtime_env").read_text().split("\n", 1)
     assert mode == "0o600"  # only this user can read it
     env_vars = json.loads(runtime_env)["env_vars"]
-    assert (env_vars["RETRIEVAL_API_KEY"], env_vars["SERPER_API_KEY"]) == (TOKEN, SERPER)
+    assert (env_vars["RETRIEVAL_API_KEY"], env_vars["SERPER_API_KEY"], env_vars["JUDGE_API_KEY"]) == (TOKEN, SERPER, JUDGE)
     # Never on a command line (which `ps` shows every user), never printed; the file is gone after.
     for text in (submit, launch.stdout, launch.stderr):
-        assert not leaked(TOKEN, text) and not leaked(SERPER, text)
+        assert not any(leaked(key, text) for key in keys.values())
     runtime_env_file = submit.split("--runtime-env=", 1)[1].split(" ", 1)[0]
     assert not Path(runtime_env_file).exists()
 
@@ -473,7 +474,7 @@ def test_the_search_keys_reach_every_ray_worker_and_are_printed_nowhere(world):
 def test_without_keys_in_the_shell_the_workers_get_none(world):
     _, env = world
     env_vars = workers_environment(run(env, DRY_RUN="1").stdout)["env_vars"]
-    assert "RETRIEVAL_API_KEY" not in env_vars and "SERPER_API_KEY" not in env_vars
+    assert not {"RETRIEVAL_API_KEY", "SERPER_API_KEY", "JUDGE_API_KEY"} & set(env_vars)
 
 
 def test_a_key_written_in_the_yaml_is_refused_while_wandb_is_on(world, tmp_path):

@@ -148,3 +148,24 @@ def test_the_page_tool_without_its_extractor_is_one_line(monkeypatch):
     assert problem.endswith("): pip install 'search-r1-slime[deep_research]'")
     monkeypatch.delitem(sys.modules, "trafilatura")
     assert preflight.search_problems(overrides) == []
+
+
+async def test_with_the_judge_reward_the_judge_must_judge_a_test_answer_right(tmp_path):
+    from tests.fakes.chat_judge import FakeJudge
+    from tests.fakes.loopback import closed_port
+
+    async with FakeRetriever({preflight.PROBE_QUERY: []}) as retriever, FakeJudge() as judge:
+        config = tmp_path / "search.yaml"
+        judged = {"reward": "judge", "judge": {"url": judge.endpoint, "timeout": 2.0}}
+        config.write_text(f"search_r1:\n  local:\n    search_url: {retriever.search_url}\n  reward: judge\n  judge: {judged['judge']}\n")
+        code, stdout, stderr = await run_preflight("--config", str(config))
+        assert (code, stderr) == (0, "") and judge.items(0) == [("What is the capital of France?", ["Paris"], "Paris")]
+        assert stdout.splitlines()[-1] == f"LLM judge ready: {judge.endpoint} judged a test answer right"
+
+        down = f"http://127.0.0.1:{closed_port()}/v1/chat/completions"
+        config.write_text(config.read_text().replace(judge.endpoint, down))
+        code, stdout, stderr = await run_preflight("--config", str(config))
+    assert code == 1 and stdout == ""
+    # The retries are logged as they happen; the problem is the one line at the end.
+    assert stderr.splitlines()[-1].startswith(f"the judge at {down} gave no verdict: judge to {down} failed after ")
+    assert sum(line.startswith("the judge at") for line in stderr.splitlines()) == 1
