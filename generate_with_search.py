@@ -55,7 +55,10 @@ from search_r1_slime import page_tool
 from search_r1_slime.http_client import RequestFailed, RetryPolicy, request_json
 from search_r1_slime.search_db import BudgetSpent
 from search_r1_slime.search_slots import SearchSlot, SlotTimeout
-from search_r1_slime.settings import DEFAULTS, ConfigError, SearchR1Config, check_section_name, uploaded_secret_problems
+from search_r1_slime.settings import (
+    DEFAULTS, RETRIEVAL_API_KEY_ENV, SERPER_API_KEY_ENV, ConfigError, SearchR1Config, check_section_name, resolve_secret,
+    uploaded_secret_problems,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +115,9 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 def resolve_config(args: Any) -> dict[str, Any]:
     """``SEARCH_R1_CONFIGS`` with ``args.search_r1`` (from ``--custom-config-path``) merged over it.
 
-    Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name, and
-    every key written in ``args.search_r1`` while ``args.use_wandb`` uploads ``args`` to W&B.
+    Raises ``ConfigError`` naming every unknown key and every bad value by its dotted name, every
+    key written in ``args.search_r1`` while ``args.use_wandb`` uploads ``args`` to W&B, and a key
+    in the environment too short to be one.
     """
     check_section_name(getattr(args, "__dict__", ()))  # slime sets each top-level YAML key as an attribute
     override = getattr(args, "search_r1", None) or {}
@@ -125,7 +129,11 @@ def resolve_config(args: Any) -> dict[str, Any]:
         raise ConfigError([problem])
     if getattr(args, "use_wandb", False) and (problems := uploaded_secret_problems(override)):
         raise ConfigError(problems)
-    return SearchR1Config.checked(_merge(SEARCH_R1_CONFIGS, override)).model_dump()
+    config = SearchR1Config.checked(_merge(SEARCH_R1_CONFIGS, override))
+    # A key from the environment is checked now too, not at the first search (the settings check the others).
+    section, env = (config.google, SERPER_API_KEY_ENV) if config.search_backend == "google" else (config.local, RETRIEVAL_API_KEY_ENV)
+    resolve_secret(section.api_key, section.api_key_file, env)
+    return config.model_dump()
 
 
 # ---------------------------------------------------------------------------- search

@@ -142,9 +142,6 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
 
     try:
         config = resolve_config(SimpleNamespace(search_r1=overrides, use_wandb=use_wandb))
-        backend = config["search_backend"]
-        env = SERPER_API_KEY_ENV if backend == "google" else RETRIEVAL_API_KEY_ENV
-        key = resolve_secret(config[backend]["api_key"], config[backend]["api_key_file"], env)  # checks env's key
     except ConfigError as exc:
         return exc.problems
     if config["access"]["enabled"]:
@@ -154,8 +151,8 @@ def search_problems(overrides: Any, timeout_s: float = 5.0, use_wandb: bool = Fa
             require_extractor()
         except ImportError as exc:
             return [str(exc)]
-    if backend == "google":
-        if key is not None:
+    if config["search_backend"] == "google":
+        if resolve_secret(config["google"]["api_key"], config["google"]["api_key_file"], SERPER_API_KEY_ENV) is not None:
             return []
         return [
             "search_backend is 'google' but no serper.dev key is set: export SERPER_API_KEY=... "

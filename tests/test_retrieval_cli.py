@@ -214,7 +214,7 @@ def test_a_busy_port_is_refused_before_anything_loads(files, nothing_loads, caps
 
 @pytest.mark.parametrize(
     "host, token, warned",
-    [("0.0.0.0", None, True), ("0.0.0.0", "t0ken", False), ("127.0.0.1", None, False)],
+    [("0.0.0.0", None, True), ("0.0.0.0", "t0ken-0123456789abcdef", False), ("127.0.0.1", None, False)],
 )
 def test_binding_beyond_loopback_without_a_token_is_warned_about(files, monkeypatch, caplog, host, token, warned):
     served = []

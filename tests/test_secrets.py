@@ -124,6 +124,10 @@ def test_a_key_too_short_to_be_a_secret_is_refused_wherever_it_comes_from(tmp_pa
         resolve_config(SimpleNamespace(search_r1={"local": {"api_key_file": str(key_file)}}))
     assert str(info.value) == (f"search_r1.local.api_key_file cannot be read as a key file (the key in it is {too_short}; "
                                "the path is not shown, in case it is a key)")
+    monkeypatch.setenv("RETRIEVAL_API_KEY", short)
+    with pytest.raises(ConfigError) as info:  # checked with the settings, before the first search
+        resolve_config(SimpleNamespace(search_r1={}))
+    assert str(info.value) == f"RETRIEVAL_API_KEY holds a key {too_short} (value not shown)"
     monkeypatch.setenv("SERPER_API_KEY", short)
     problems = preflight.search_problems({"search_backend": "google"})
     assert problems == [f"SERPER_API_KEY holds a key {too_short} (value not shown)"]
