@@ -169,7 +169,8 @@ def configure_threads(threads: int | None) -> None:
     barrier of every parallel region, which is harmless on idle cores; beside another busy process
     (training on the same node) the spinning thread takes the core its partner needs to finish,
     and every batch crawls (bench/busy_neighbour.py). Must run before torch or faiss is imported:
-    afterwards the variables are read no more. An explicit ``OMP_WAIT_POLICY`` is kept."""
+    afterwards the variables are read no more (``--faiss_gpu``'s check loads FAISS first, whose CPU
+    threads then keep OpenMP's defaults). An explicit ``OMP_WAIT_POLICY`` is kept."""
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     else:
@@ -203,7 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     RETRIEVER.require(parser)
     if args.threads is not None and args.threads < 1:
         parser.refuse(f"--threads must be at least 1, got {args.threads}")
-    configure_threads(args.threads)
     setup_logging(args.log_level)
     # Every mistake is found here, in a second, before the index, corpus and encoder load (minutes).
     try:
@@ -213,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.refuse(str(exc))
     warn_if_exposed(sock, config)
+    configure_threads(args.threads)  # after the checks, so that a refused command line changes nothing
     return serve(config, sock, args.log_level)
 
 

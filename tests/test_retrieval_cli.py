@@ -145,6 +145,7 @@ def test_index_builder_refuses_a_source_whose_vectors_cannot_be_read_back(files,
                                          "--retriever_model intfloat/e5-base-v2 is of the e5 family: pass --retriever_name e5"),
         (["--port", "70000"], "argument --port: a port is 0 to 65535, got 70000 (see --help)"),
         (["--topk", "0"], "--topk must be at least 1, got 0"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16') (see --help)"),
     ],
 )
@@ -176,6 +177,7 @@ def test_a_busy_port_is_refused_before_anything_loads(files, nothing_loads, caps
 def test_binding_beyond_loopback_without_a_token_is_warned_about(files, monkeypatch, caplog, host, token, warned):
     served = []
     monkeypatch.setattr(retrieval_server, "serve", lambda config, sock, log_level: served.append(sock.getsockname()) or sock.close() or 0)
+    monkeypatch.setattr(retrieval_server, "configure_threads", lambda threads: None)  # this process's OpenMP variables stay
     monkeypatch.delenv("RETRIEVAL_API_KEY", raising=False)
     if token:
         monkeypatch.setenv("RETRIEVAL_API_KEY", token)
