@@ -159,6 +159,11 @@ async def load(url: str, clients: int, duration: float, warmup: float, topk: int
 
 def start_server(config: ServerConfig, port: int, *flags: str) -> subprocess.Popen:
     """``retrieval_server`` for ``config`` on CPU at 127.0.0.1:``port``, in its own process; ``flags`` are appended."""
+    return subprocess.Popen(server_command(config, port, *flags), cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def server_command(config: ServerConfig, port: int, *flags: str) -> list[str]:
+    """The command line of ``start_server``."""
     cmd = [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", config.index_path,
            "--corpus_path", config.corpus_path, "--retriever_name", config.retriever_name,
            "--retriever_model", config.retriever_model, "--device", "cpu", "--port", str(port),
@@ -167,7 +172,7 @@ def start_server(config: ServerConfig, port: int, *flags: str) -> subprocess.Pop
         cmd += ["--corpus_arrow_path", config.corpus_arrow_path]
     if config.faiss_search_params:
         cmd += ["--faiss_search_params", config.faiss_search_params]
-    return subprocess.Popen([*cmd, *flags], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return [*cmd, *flags]
 
 
 def run_server_phase(config: ServerConfig, args: argparse.Namespace, pool: list[str], extra_flags: tuple[str, ...] = ()) -> dict:

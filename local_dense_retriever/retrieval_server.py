@@ -79,6 +79,9 @@ def build_parser() -> ArgumentParser:
     batch.add_argument("--max_queries_per_request", type=int, default=defaults.max_queries_per_request,
                        help="the most queries one request may carry (more: 422)")
     batch.add_argument("--max_query_chars", type=int, default=defaults.max_query_chars, help="the longest query, in characters (longer: 422)")
+    batch.add_argument("--threads", type=int, default=None,
+                       help="threads the encoder and FAISS compute with (default: $OMP_NUM_THREADS if set, else the cores "
+                            "this process may run on); they wait for work asleep, not spinning, unless $OMP_WAIT_POLICY says otherwise")
     rerank = p.add_argument_group("rerank stage (Search-R1's hierarchical retriever; off unless --reranker_model is set)")
     rerank.add_argument("--reranker_model", default=None,
                         help="Hugging Face cross-encoder id or directory, e.g. cross-encoder/ms-marco-MiniLM-L12-v2 (default: none, no rerank stage)")
@@ -165,6 +168,23 @@ def warn_if_exposed(sock: socket.socket, config: ServerConfig) -> None:
         )
 
 
+def configure_threads(threads: int | None) -> None:
+    """The OpenMP threads of torch and FAISS (each loads its own OpenMP runtime, which reads these
+    variables once, when it loads): ``threads`` of them, and a passive wait policy, so that a thread
+    with no work sleeps instead of spinning. By default an OpenMP thread spins for a while at every
+    barrier of every parallel region, which is harmless on idle cores; beside another busy process
+    (training on the same node) the spinning thread takes the core its partner needs to finish,
+    and every batch crawls (bench/busy_neighbour.py). Must run before torch or faiss is imported:
+    afterwards the variables are read no more (``--faiss_gpu``'s check loads FAISS first, whose CPU
+    threads then keep OpenMP's defaults). An explicit ``OMP_WAIT_POLICY`` is kept."""
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        os.environ.setdefault("OMP_NUM_THREADS", str(cores))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def serve(config: ServerConfig, sock: socket.socket, log_level: str) -> int:
     """Load and serve until stopped; 1 when loading failed."""
     from local_dense_retriever.app import create_app
@@ -188,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     RETRIEVER.require(parser)
+    if args.threads is not None and args.threads < 1:
+        parser.refuse(f"--threads must be at least 1, got {args.threads}")
     setup_logging(args.log_level)
     # Every mistake is found here, in a second, before the index, corpus and encoder load (minutes).
     try:
@@ -197,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.refuse(str(exc))
     warn_if_exposed(sock, config)
+    configure_threads(args.threads)  # after the checks, so that a refused command line changes nothing
     return serve(config, sock, args.log_level)
 
 

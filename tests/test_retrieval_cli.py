@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from local_dense_retriever import encoder_config, index_builder, retrieval_server
+from tests.documentation import REPO
 
 
 @pytest.mark.parametrize("module", [retrieval_server, index_builder])
@@ -188,6 +190,7 @@ def test_index_builder_refuses_a_source_whose_vectors_cannot_be_read_back(files,
         (["--port", "http"], "argument --port: a port is a whole number from 0 to 65535, got 'http' (see --help)"),
         (["--max_length", "0"], "argument --max_length: must be at least 1, got 0 (see --help)"),
         (["--topk", "0"], "--topk must be at least 1, got 0"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
         (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'fp16') (see --help)"),
     ],
 )
@@ -219,6 +222,7 @@ def test_a_busy_port_is_refused_before_anything_loads(files, nothing_loads, caps
 def test_binding_beyond_loopback_without_a_token_is_warned_about(files, monkeypatch, caplog, host, token, warned):
     served = []
     monkeypatch.setattr(retrieval_server, "serve", lambda config, sock, log_level: served.append(sock.getsockname()) or sock.close() or 0)
+    monkeypatch.setattr(retrieval_server, "configure_threads", lambda threads: None)  # this process's OpenMP variables stay
     monkeypatch.delenv("RETRIEVAL_API_KEY", raising=False)
     if token:
         monkeypatch.setenv("RETRIEVAL_API_KEY", token)
@@ -267,3 +271,48 @@ def test_the_packaged_minilm_is_not_served_as_e5_by_default(files, nothing_loads
 
     argv = ["--index_path", f"{files}/flat.index", "--corpus_path", f"{files}/corpus.jsonl", "--retriever_model", minilm_path()]
     assert refusal(capsys, retrieval_server.main, argv).startswith(f"cannot tell the family of --retriever_model {minilm_path()}")
+
+
+# --threads: what the OpenMP runtimes of torch and FAISS were started with, as they report it
+# themselves (OMP_DISPLAY_ENV makes each print its settings when it loads, with the encoder). A
+# spin count of 0 is what a passive wait policy means; libgomp shows an unset policy as PASSIVE
+# too, but spins 300,000 times at every wait.
+@pytest.mark.parametrize(
+    ("flags", "environment", "expected"),
+    [
+        ([], {}, (str(len(os.sched_getaffinity(0))), "PASSIVE", "0")),
+        (["--threads", "3"], {"OMP_WAIT_POLICY": "ACTIVE", "OMP_NUM_THREADS": "2"}, ("3", "ACTIVE", None)),
+    ],
+    ids=["default", "--threads and the user's wait policy"],
+)
+def test_the_encoder_and_faiss_compute_with_threads_that_wait_asleep(flags, environment, expected, tmp_path):
+    from tests.test_retrieval_server import DOCS, QUERIES, make_tiny_bert, write_corpus
+
+    model = make_tiny_bert(tmp_path / "model", [c["contents"] for c in DOCS] + QUERIES + ["query:", "passage:"])
+    index = faiss.IndexFlatIP(32)  # make_tiny_bert's hidden size
+    index.add(np.zeros((len(DOCS), 32), dtype=np.float32))
+    faiss.write_index(index, str(tmp_path / "flat.index"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "GOMP_"))} | environment | {"OMP_DISPLAY_ENV": "verbose"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "local_dense_retriever.retrieval_server", "--index_path", str(tmp_path / "flat.index"),
+         "--corpus_path", str(write_corpus(tmp_path / "corpus.jsonl")), "--retriever_name", "e5", "--retriever_model",
+         str(model), "--port", "0", *flags],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    runtimes: list[tuple[str, str, str]] = []
+    try:
+        shown: dict[str, str] = {}
+        for line in server.stderr:  # one block per runtime: torch's, then FAISS's
+            if found := re.search(r"(OMP_NUM_THREADS|OMP_WAIT_POLICY|GOMP_SPINCOUNT) = '([^']*)'", line):
+                shown[found.group(1)] = found.group(2)
+            elif "OPENMP DISPLAY ENVIRONMENT END" in line:
+                runtimes.append((shown.get("OMP_NUM_THREADS"), shown.get("OMP_WAIT_POLICY"), shown.get("GOMP_SPINCOUNT")))
+                if len(runtimes) == 2:
+                    break
+    finally:
+        server.kill()
+        server.wait()
+    threads, policy, spin_count = expected
+    assert [(number, wait) for number, wait, _ in runtimes] == [(threads, policy)] * 2
+    if spin_count is not None:
+        assert [spins for _, _, spins in runtimes] == [spin_count] * 2
