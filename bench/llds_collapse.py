@@ -38,7 +38,6 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from search_r1_slime.llds import llds_penalty
 

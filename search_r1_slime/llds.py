@@ -101,7 +101,7 @@ def policy_loss_with_llds(args: Any, *call: Any) -> tuple[torch.Tensor, dict[str
         loss = loss + term
         metrics[LOSS_KEY] = term.detach()
         # A per-response value spread over its tokens: the reducer then averages it per response.
-        spread = [torch.full_like(keep, frac) for keep, frac in zip(nonneg, gated_frac, strict=True)]
+        spread = [torch.ones_like(keep) * share for keep, share in zip(nonneg, gated_frac, strict=True)]
         metrics[GATED_KEY] = sum_of_sample_mean(torch.cat(spread)).detach()
         # Likelihood displacement itself: how far this rollout's earlier optimizer steps moved the
         # preserving set (0 on a rollout's first step).
@@ -115,9 +115,9 @@ def policy_loss_with_llds(args: Any, *call: Any) -> tuple[torch.Tensor, dict[str
 
 def llds_penalty(
     log_prob: torch.Tensor, old_log_prob: torch.Tensor, loss_mask: torch.Tensor, keep: torch.Tensor, gate: str
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One response's per-token LLDS penalty (before the reducer and the coefficient) and the share
-    of its actions the gate turned on.
+    of its actions the gate turned on (a 0-d tensor: nothing here waits for the device).
 
     ``keep`` marks the preserving set (advantage >= 0, per token as slime stores advantages). The
     gate is a 0/1 choice made from the values, so gradient reaches ``log_prob`` only through
@@ -127,20 +127,18 @@ def llds_penalty(
     preserved = loss_mask.to(torch.bool) & keep.to(torch.bool)
     with torch.no_grad():
         runs = _runs(preserved)  # 0 outside the preserving set, k on the k-th action (1-based)
-        actions = int(runs.max()) if runs.numel() else 0
+        bins = preserved.numel() + 1  # room for an action per token; bin 0 collects the rest
+        sums = displacement.new_zeros(bins).index_add_(0, runs, displacement.detach())
+        exists = torch.zeros(bins, dtype=torch.bool, device=runs.device).index_fill_(0, runs, True)
+        exists[0] = False
         if gate == "action":
-            sums = torch.zeros(actions + 1, dtype=displacement.dtype).index_add_(0, runs, displacement.detach())
-            on = sums > 0
-            on[0] = False  # bin 0 collects the tokens outside the preserving set
-            gated = on[runs]
-            gated_actions = int(on.sum())
-        else:
-            whole = bool(displacement.detach()[preserved].sum() > 0)
-            gated = preserved & whole
-            gated_actions = actions if whole else 0
-    penalty = torch.clamp(displacement, min=0) * gated
-    total_actions = int(_runs(loss_mask.to(torch.bool)).max()) if loss_mask.numel() else 0
-    return penalty, gated_actions / total_actions if total_actions else 0.0
+            on = (sums > 0) & exists
+        else:  # one decision, from the whole preserving set's sum, for all its actions
+            on = (sums[1:].sum() > 0) & exists
+        gated = on[runs]
+        actions = _runs(loss_mask.to(torch.bool)).max() if loss_mask.numel() else runs.new_zeros(())
+        share = on.sum() / actions.clamp_min(1)
+    return torch.clamp(displacement, min=0) * gated, share
 
 
 def _runs(mask: torch.Tensor) -> torch.Tensor:
