@@ -253,6 +253,10 @@ def test_the_repository_serve_config_is_valid_for_serve_and_for_the_server():
     assert deployment.name == DEPLOYMENT_NAME
 
 
+def test_a_config_round_trips_through_the_serve_args(config):
+    assert server_config(config_args(config)) == config
+
+
 @pytest.mark.parametrize("args, message", [
     ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "top_k": 3},
      "unknown retrieval server setting(s) in args: top_k; known: api_key, body_timeout_s,"),
@@ -261,10 +265,6 @@ def test_the_repository_serve_config_is_valid_for_serve_and_for_the_server():
     ({"corpus_path": "/c"}, "args needs index_path (an absolute path, the same on every node that runs a replica)"),
     ({"index_path": "/i", "corpus_path": "/c", "retriever_model": "intfloat/e5-base-v2", "topk": 0}, "--topk must be at least 1, got 0"),
 ])
-def test_a_config_round_trips_through_the_serve_args(config):
-    assert server_config(config_args(config)) == config
-
-
 def test_a_wrong_setting_in_the_serve_config_is_named(args, message):
     with pytest.raises(ValueError) as refused:
         server_config(args)
