@@ -79,12 +79,15 @@ _CACHE: PerLoop[SearchCache] = PerLoop(SearchCache)
 _LOCALE = {"gl": "us", "hl": "en"}
 
 
-def fingerprint(google: Mapping[str, Any]) -> str:
+def fingerprint(google: Mapping[str, Any], with_links: bool = False) -> str:
     """The id of what answers a Google search: the provider and the settings (``search_r1.google``)
-    that shape its answer, never the key (see local_dense_retriever/fingerprint.py)."""
+    that shape its answer, never the key (see local_dense_retriever/fingerprint.py). ``with_links``:
+    results carry their pages' addresses (the page tool's searches), a different answer."""
     parts = {"provider": "serper.dev", "endpoint": google["endpoint"], **_LOCALE, "snippet_only": google["snippet_only"]}
     if not google["snippet_only"]:
         parts.update(page_max_bytes=google["page_max_bytes"], allow_private_pages=google["allow_private_pages"])
+    if with_links:  # only then, so that every other search keeps the fingerprint it had
+        parts.update(with_links=True)
     return fingerprint_id(parts)
 
 

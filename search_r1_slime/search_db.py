@@ -325,7 +325,7 @@ def expected_fingerprint(config: Mapping[str, Any]) -> str | None:
     if config["search_backend"] == "google":
         from google_search_server import fingerprint
 
-        return fingerprint(config["google"])
+        return fingerprint(config["google"], with_links=config["access"]["enabled"])
     return None
 
 
@@ -334,7 +334,7 @@ def live_fingerprint(config: Mapping[str, Any]) -> str | None:
     if config["search_backend"] == "google":
         from google_search_server import fingerprint
 
-        return fingerprint(config["google"])
+        return fingerprint(config["google"], with_links=config["access"]["enabled"])
     from local_search_server import local_search_fingerprint
 
     return local_search_fingerprint(config["local"]["search_url"])

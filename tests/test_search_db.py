@@ -175,6 +175,8 @@ def test_the_google_fingerprint_names_provider_and_settings_never_the_key():
     assert google_fingerprint(google) == google_fingerprint({**google, "api_key": "another key", "attempt_timeout": 3.0})
     assert google_fingerprint(google) != google_fingerprint({**google, "snippet_only": False})
     assert google_fingerprint(google) != google_fingerprint({**google, "endpoint": "https://other.example/search"})
+    # The page tool's searches carry each result's address: another answer, another fingerprint.
+    assert google_fingerprint(google) != google_fingerprint(google, with_links=True)
 
 
 # ---------------------------------------------------------------------------- many processes
