@@ -274,6 +274,15 @@ if [[ "${LLDS}" == "1" ]]; then
    # slime's own policy loss (every GRPO_ARGS option still applies) plus the LLDS term; its
    # coefficient and gate are search_r1.llds.coef/gate (defaults: the paper's 0.2, action gate).
    CUSTOM_ARGS+=(--loss-type custom_loss --custom-loss-function-path search_r1_slime.llds.policy_loss_with_llds)
+   # The term is old_log_prob - log_prob, zero on a rollout's first optimizer step: with one step
+   # per rollout (global batch = rollout batch x samples, as above) it would never act. Two steps,
+   # as Search-R1's and the paper's GRPO scripts take (docs/llds.md): half the global batch.
+   for i in "${!ROLLOUT_ARGS[@]}"; do
+      if [[ "${ROLLOUT_ARGS[i]}" == --global-batch-size ]]; then
+         ROLLOUT_ARGS[i + 1]=$((ROLLOUT_ARGS[i + 1] / 2))
+         LLDS_NOTE="LLDS=1: --global-batch-size ${ROLLOUT_ARGS[i + 1]}, two optimizer steps per rollout (the LLDS term is zero on the first); compare with plain GRPO at the same batch size."
+      fi
+   done
 fi
 
 TRAIN_ARGS=(
@@ -479,6 +488,9 @@ if [[ "${DRY_RUN}" == "1" ]]; then
    fi
    if [[ "${RETRIEVER}" == serve ]]; then
       echo "DRY_RUN: would deploy the retrieval server (serve deploy ${SERVE_CONFIG} --address ${RAY_JOB_ADDRESS}), wait up to ${SERVE_START_TIMEOUT}s for its replicas to run, check the search backend through it, and remove it when the job ends (serve shutdown --address ${RAY_JOB_ADDRESS} --yes)."
+   fi
+   if [[ -n "${LLDS_NOTE:-}" ]]; then
+      echo "DRY_RUN: ${LLDS_NOTE}"
    fi
    echo "DRY_RUN: the Ray workers' environment (written at launch to a file only you can read): $(runtime_env redacted)"
    echo "DRY_RUN: would run:"

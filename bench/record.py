@@ -89,7 +89,7 @@ def row_cost(path: Path, rows: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m bench.record", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_arguments(parser)
     parser.add_argument("--rows", type=int, default=2000, help="rows written for the per-row cost")
     args = parser.parse_args(argv)

@@ -254,7 +254,7 @@ async def autoscaling(base: str, args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15, help="length of each throughput run")
     parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
     parser.add_argument("--queries", type=int, default=8, help="queries per request")

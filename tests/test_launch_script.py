@@ -637,6 +637,10 @@ def test_llds_adds_the_custom_loss_flags_and_is_off_by_default(world):
     assert flag(train, "--loss-type") == "custom_loss"
     assert load_function(flag(train, "--custom-loss-function-path")).__name__ == "policy_loss_with_llds"
     assert flag(train, "--custom-config-path") == env["SEARCH_R1_CONFIG"]  # where search_r1.llds lives
+    # Two optimizer steps per rollout (32 prompts x 8 samples = 256 trajectories): the term is zero on the first.
+    assert (flag(printed_command(run(env, DRY_RUN="1").stdout), "--global-batch-size"), flag(train, "--global-batch-size")) == ("256", "128")
+    assert ("DRY_RUN: LLDS=1: --global-batch-size 128, two optimizer steps per rollout (the LLDS term is zero on the first); "
+            "compare with plain GRPO at the same batch size.") in result.stdout.splitlines()
 
     bad = run(env, LLDS="maybe")
     assert bad.returncode == 1 and ray_calls(env) == []

@@ -4,7 +4,8 @@
 misbehaviour (a status, a delay before answering, a redirect's ``location``, or ``endless``: the
 body is sent again and again, a little at a time, and the answer never ends). ``html_page`` builds an HTML document of
 paragraphs in a given encoding; by default the charset is NOT declared in the Content-Type, so
-the client has to detect it (as with many real pages). ``fetched`` counts requests per path.
+the client has to detect it (as with many real pages). ``fetched`` counts requests per path,
+``most_in_flight`` the most requests that were being answered at once.
 """
 
 from __future__ import annotations
@@ -44,11 +45,21 @@ class PageServer(LoopbackServer):
     def __init__(self, pages: dict[str, Page], host: str = "127.0.0.1"):
         self.pages = pages
         self.fetched: Counter[str] = Counter()
+        self.in_flight = 0
+        self.most_in_flight = 0
         app = web.Application()
         app.router.add_get("/{path:.*}", self._serve)
         super().__init__(app, host)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = "/" + request.match_info["path"]
         self.fetched[path] += 1
         page = self.pages.get(path)
