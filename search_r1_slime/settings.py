@@ -385,6 +385,16 @@ class SearchR1Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _pages_can_be_found(self) -> SearchR1Config:
+        if self.access.enabled and self.search_backend == "local" and not self.access.any_public_url:
+            raise ValueError(
+                "search_r1.access.enabled with search_backend local: the local corpus's passages carry no page "
+                "addresses, so the model could open no page; use search_backend google, or set "
+                "search_r1.access.any_public_url"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _search_db_has_a_file(self) -> SearchR1Config:
         db = self.search_db
         if db.path is None and (db.replay != "off" or db.max_paid_requests is not None):

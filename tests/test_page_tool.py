@@ -4,12 +4,14 @@ page, the one line it reads for each failure and its count, the seen-URL rule, a
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
+from generate_with_search import resolve_config
 from search_r1_slime import page_tool
 from search_r1_slime.http_client import close_shared_session
-from search_r1_slime.settings import DEFAULTS
+from search_r1_slime.settings import DEFAULTS, ConfigError
 from tests.fakes.loopback import closed_port
 from tests.fakes.pages import Page, PageServer
 from tests.fakes.real_pages import NEWS
@@ -149,3 +151,14 @@ def test_search_results_show_their_links():
     assert page_tool.passages_with_links(results) == (
         'Doc 1(Title: "Bridge") URL: https://news.example/bridge\nThe council voted.\nDoc 2(Title: "No link") Text.\n'
     )
+
+
+def test_the_page_tool_over_the_local_corpus_is_refused_unless_any_public_url():
+    # wiki-18 passages carry no page addresses: with the seen-URL rule the model could open nothing.
+    with pytest.raises(ConfigError) as info:
+        resolve_config(SimpleNamespace(search_r1={"access": {"enabled": True}}))
+    assert info.value.problems == [
+        "search_r1.access.enabled with search_backend local: the local corpus's passages carry no page addresses, "
+        "so the model could open no page; use search_backend google, or set search_r1.access.any_public_url"
+    ]
+    assert resolve_config(SimpleNamespace(search_r1={"access": {"enabled": True, "any_public_url": True}}))["access"]["enabled"]
