@@ -759,8 +759,11 @@ def test_serve_refuses_to_replace_the_applications_of_a_running_cluster(world, h
 def test_ctrl_c_during_the_job_removes_the_retriever_and_leaves_nothing_running(world):
     _, env = world
     port = int(env["RAY_DASHBOARD_PORT"])
+    # SIGINT as a terminal delivers it: a shell that starts with it ignored (pytest run from a
+    # background job, say) could not trap it, and the script would never see the Ctrl-C.
     script = subprocess.Popen(["bash", str(SCRIPT)], env={**env, "RETRIEVER": "serve", "FAKE_JOB_SECONDS": "600"},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     job_pid_file = Path(env["RAY_CALLS"] + ".job_pid")
     deadline = time.monotonic() + 60
     while not job_pid_file.exists() and script.poll() is None and time.monotonic() < deadline:
