@@ -1,6 +1,7 @@
 """The reward of a trajectory, term by term, as configured in ``search_r1`` (docs/rewards.md).
 
     total = outcome + format_penalty + search_penalty + invalid_action_penalty
+            + no_search_penalty + no_answer_penalty
 
 * ``answer``: the score of the model's answer under ``search_r1.reward``: ``em`` (Search-R1's
   ``em_check``), ``subem`` (cover EM, FlashRAG's ``Sub_ExactMatch``), ``f1`` (FlashRAG's token F1),
@@ -15,6 +16,10 @@
 * ``search_penalty``: ``-search_penalty`` per search the model wrote (run or not), and
   ``invalid_action_penalty``: ``-invalid_action_penalty`` per invalid action (ours: linear terms
   a user can weigh; not a published formula).
+* ``no_search_penalty`` / ``no_answer_penalty``: ``-no_search_penalty`` once when the model wrote no
+  search, ``-no_answer_penalty`` once when no model turn answered: Search-R1++'s action-level
+  penalties (its F1+ reward, F1 with 0.1 each; Xu et al., arXiv 2602.19526), which keep F1 training
+  from learning not to answer.
 
 Each term, with ``format_valid`` and ``retrieval_hit``, is kept per trajectory
 (``sample.metadata["search_r1_reward"]``) and logged per rollout as ``search_r1/reward/<term>``.
@@ -22,8 +27,8 @@ The defaults (``em``, ``format_score`` 0.2, everything else 0) give exactly the 
 these options existed.
 
 What is read: the response (after the prompt's trailing thinking block, as ``reward_func``
-passes it), the gold answers, and the trajectory's counts from ``generate_with_search``. The answer
-is the last ``<answer>`` of the response only when a model turn answered: the invalid-action
+passes it), the gold answers, and the trajectory's counts from ``generate_with_search`` (without
+them, what the response shows). The answer is the last ``<answer>`` of the response only when a model turn answered: the invalid-action
 message the model was shown holds ``<answer> and </answer>``, which Search-R1's extraction reads
 as the answer "and" (harmless for EM, partial credit under F1 for a gold answer with "and" in it).
 """
@@ -39,6 +44,8 @@ from qa_em import em_check, extract_solution, f1_score, is_retrieval_correct, is
 from search_r1_slime.judge import judge_answer
 
 RULE_SCORES = {"em": em_check, "subem": subem_check, "f1": f1_score}
+_SEARCH = re.compile(r"<search>.*?</search>", re.DOTALL)
+_INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
 # The question of a Search-R1 prompt (``prepare_data.make_prompt``): after its last "Question:",
 # to the end of that line or the chat template's next special token.
 _QUESTION = re.compile(r"Question:\s*(.*?)\s*(?:\n|<\||$)")
@@ -55,6 +62,8 @@ class RewardTerms:
     format_penalty: float
     search_penalty: float
     invalid_action_penalty: float
+    no_search_penalty: float
+    no_answer_penalty: float
     total: float
     judge_unjudged: float | None = None  # only under reward: judge
 
@@ -69,13 +78,21 @@ def question_of(prompt: str) -> str:
     return matches[-1] if matches and matches[-1] else prompt
 
 
+def searches_written(response: str) -> int:
+    """The searches the model wrote in ``response``: its ``<search>`` blocks outside the
+    observations and the invalid-action message (which names "<search> and </search>" to the model)."""
+    from generate_with_search import INVALID_ACTION_MESSAGE
+
+    return len(_SEARCH.findall(_INFORMATION.sub("", response.replace(INVALID_ACTION_MESSAGE, ""))))
+
+
 async def score(
     response: str,
     gold_answers: Sequence[str],
     config: Mapping[str, Any],
     *,
     answered: bool | None = None,
-    searches: int = 0,
+    searches: int | None = None,
     invalid_actions: int = 0,
     question: str = "",
 ) -> RewardTerms:
@@ -83,11 +100,13 @@ async def score(
 
     ``answered``: whether a model turn gave an answer (``generate_with_search``'s count; None: take
     the response's last ``<answer>`` as Search-R1 does). ``searches``: the search actions the model
-    wrote; ``invalid_actions``: its turns without a search or answer (Search-R1's actions that are not
+    wrote (None: the ``<search>`` blocks of the response); ``invalid_actions``: its turns without a search or answer (Search-R1's actions that are not
     valid actions). ``question``: what the judge is told was asked.
     """
     valid, _ = is_valid_sequence(response)
     answer = extract_solution(response) if answered is not False else None
+    if searches is None:
+        searches = searches_written(response)
     retrieved = valid and is_retrieval_correct(response, gold_answers)
     unjudged = None
     if answer is None:
@@ -108,6 +127,8 @@ async def score(
         "format_penalty": 0.0 if valid else -config["format_penalty"],
         "search_penalty": -config["search_penalty"] * searches,
         "invalid_action_penalty": -config["invalid_action_penalty"] * invalid_actions,
+        "no_search_penalty": -config["no_search_penalty"] if searches == 0 else 0.0,
+        "no_answer_penalty": -config["no_answer_penalty"] if answer is None else 0.0,
     }
     return RewardTerms(
         answer=answer_score or 0.0, format_valid=float(valid), retrieval_hit=float(retrieved), outcome=outcome,
@@ -124,7 +145,7 @@ async def score_sample(sample: Any, text: str, gold_answers: Sequence[str], conf
         text, gold_answers, config,
         answered=None if counts is None else bool(counts["answered"]),
         # Every valid action is a search except the one answer that ends a trajectory.
-        searches=0 if counts is None else counts["valid_actions"] - bool(counts["answered"]),
+        searches=None if counts is None else counts["valid_actions"] - bool(counts["answered"]),
         invalid_actions=0 if counts is None else counts["actions"] - counts["valid_actions"],
         question=question_of(sample.prompt) if isinstance(sample.prompt, str) else "",
     )

@@ -356,6 +356,9 @@ class SearchR1Config(_Section):
     format_penalty: float = Field(0.0, ge=0)  # subtracted from a trajectory in a broken format (R1-Searcher: 2)
     search_penalty: float = Field(0.0, ge=0)  # subtracted per search the model wrote (run or not)
     invalid_action_penalty: float = Field(0.0, ge=0)  # subtracted per model turn without a search or answer
+    # Search-R1++'s action-level penalties (its F1+: 0.1 each): once per trajectory without that action.
+    no_search_penalty: float = Field(0.0, ge=0)  # subtracted when the model wrote no search
+    no_answer_penalty: float = Field(0.0, ge=0)  # subtracted when no model turn answered
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     llds: LldsSettings = Field(default_factory=LldsSettings)
 

@@ -161,7 +161,8 @@ async def test_command_line_scores_the_scripted_answers_in_the_papers_layout(tok
     # The training reward (EM with format_score 0.2) term by term: right and retrieved (1), wrong in
     # a valid format (0.2); a failed trajectory is not scored.
     assert nq["reward"] == {"answer": 0.5, "format_valid": 1.0, "retrieval_hit": 0.5, "outcome": 0.6, "format_penalty": 0.0,
-                            "search_penalty": 0.0, "invalid_action_penalty": 0.0, "total": 0.6}
+                            "search_penalty": 0.0, "invalid_action_penalty": 0.0, "no_search_penalty": 0.0,
+                            "no_answer_penalty": 0.0, "total": 0.6}
     assert records[2]["reward"] is None and written["per_source"]["triviaqa"]["reward"] == {}
     assert (nq["judge"], nq["unjudged"]) == (None, 0) and "judge" not in records[0]
     assert written["average"]["em"] == 2.5 / 7 and written["average"]["cover_em"] == 5 / 7 and written["failed_trajectories"] == 1

@@ -39,6 +39,8 @@ def test_defaults_keep_upstreams_keys_and_values():
         "format_penalty": 0.0,
         "search_penalty": 0.0,
         "invalid_action_penalty": 0.0,
+        "no_search_penalty": 0.0,
+        "no_answer_penalty": 0.0,
     }
     assert [SEARCH_R1_CONFIGS[k] for k in deep_research[1:]] == [None, 0, None]
     assert SEARCH_R1_CONFIGS["access"]["enabled"] is False

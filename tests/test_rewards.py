@@ -1,6 +1,7 @@
 """The reward options (search_r1_slime/rewards.py, docs/rewards.md), each against its source's
 formula written out here: Search-R1 v0.3's compute_score_em, FlashRAG's F1 and cover EM, ASearcher's
-F1 x format, R1-Searcher's format penalty, our action penalties, and the LLM judge."""
+F1 x format, R1-Searcher's format penalty, Search-R1++'s action-level penalties, our action
+penalties, and the LLM judge."""
 
 from __future__ import annotations
 
@@ -162,6 +163,44 @@ async def test_action_penalties_count_each_search_and_each_invalid_action():
     assert terms.total == pytest.approx(1.0 - 0.3 - 0.1)
 
 
+def search_r1_pp_f1_plus(f1: float, searched: bool, answered: bool) -> float:
+    """Search-R1++'s F1+ (Xu et al., arXiv 2602.19526): F1 less 0.1 for a trajectory without a search
+    action and 0.1 for one without an answer action."""
+    return f1 - 0.1 * (not searched) - 0.1 * (not answered)
+
+
+SEARCH_R1_PP = {"reward": "f1", "format_score": 0, "no_search_penalty": 0.1, "no_answer_penalty": 0.1}
+
+
+@pytest.mark.parametrize("searches", [0, 1, 3])
+@pytest.mark.parametrize("answer", ["William Shakespeare", "William", "Marlowe", None])
+async def test_search_r1_pp_subtracts_a_tenth_for_no_search_and_a_tenth_for_no_answer(searches, answer):
+    response = "<think> a </think>\n" + ("<search> q </search>" + OBS + "<think> b </think>\n") * searches
+    response += "" if answer is None else f"<answer> {answer} </answer>"
+    f1 = 0.0 if answer is None else flashrag_f1(answer, GOLD)
+    expected = search_r1_pp_f1_plus(f1, searches > 0, answer is not None)
+    # The counts as generate_with_search keeps them, then the response read alone (no counts).
+    for counts in ({"answered": answer is not None, "searches": searches}, {}):
+        terms = await score(response, GOLD, config(**SEARCH_R1_PP), **counts)
+        assert terms.total == pytest.approx(expected), counts
+        assert (terms.no_search_penalty, terms.no_answer_penalty) == (-0.1 * (searches == 0), -0.1 * (answer is None))
+        assert terms.answer == pytest.approx(f1)
+
+
+async def test_search_tags_the_model_did_not_write_are_no_search():
+    from generate_with_search import INVALID_ACTION_MESSAGE
+
+    # The message names "<search> and </search>"; read alone, the response still wrote no search.
+    response = "I am not sure." + INVALID_ACTION_MESSAGE + "<think> x </think>\n<answer> William Shakespeare </answer>"
+    terms = await score(response, GOLD, config(**SEARCH_R1_PP, search_penalty=0.05))
+    assert (terms.no_search_penalty, terms.search_penalty, terms.total) == (-0.1, 0.0, pytest.approx(0.9))
+    # A page about HTML's <search> element, in an observation, is no search of the model's either.
+    markup = OBS.replace("Hamlet is", "Wrap a form in <search> form </search>. Hamlet is")
+    response = "<think> a </think>\n<search> q </search>" + markup + "<think> b </think>\n<answer> William Shakespeare </answer>"
+    terms = await score(response, GOLD, config(**SEARCH_R1_PP, search_penalty=0.05))
+    assert (terms.no_search_penalty, terms.search_penalty, terms.total) == (0.0, -0.05, pytest.approx(0.95))
+
+
 async def test_an_answer_only_the_invalid_action_message_holds_is_no_answer():
     from generate_with_search import INVALID_ACTION_MESSAGE
 
@@ -187,6 +226,8 @@ def test_the_question_is_read_from_a_search_r1_prompt():
         ({"reward": "judge"}, "search_r1.reward judge needs search_r1.judge.url"),
         ({"reward": "exact"}, "search_r1.reward must be 'em', 'subem', 'f1' or 'judge', got 'exact'"),
         ({"search_penalty": -0.1}, "search_r1.search_penalty must be at least 0, got -0.1"),
+        ({"no_answer_penalty": -0.1}, "search_r1.no_answer_penalty must be at least 0, got -0.1"),
+        ({"no_search_penalty": "0.1x"}, "search_r1.no_search_penalty must be"),
         ({"final_format_score": 2}, "search_r1.final_format_score must be between 0 and 1, got 2"),
         ({"format_gate": "yes"}, "search_r1.format_gate must be bool, got str: 'yes'"),
     ],

@@ -33,7 +33,19 @@ SCRIPTS = {
     # D: an invalid action (broken format), then the right answer; no search.
     UNSURE_TURN + INVALID_ACTION_MESSAGE + ANSWER_TURN: [Turn(UNSURE_TURN, eos=True), Turn(ANSWER_TURN)],
 }
-# Option -> the rewards of A, B, C, D by its formula (docs/rewards.md).
+RAMBLE = "<think> " + "hmm " * 1000  # cut by the response budget: no answer
+# Search-R1++'s action-level penalties need every pair of (searched, answered): its own group.
+ACTION_SCRIPTS = {
+    # A: searched and answered, right.
+    SEARCH_TURN + HAMLET_OBS + ANSWER_TURN: [Turn(SEARCH_TURN), Turn(ANSWER_TURN)],
+    # C: answered without a search (broken format), F1 2/3.
+    BROKEN_TURN: [Turn(BROKEN_TURN)],
+    # E: searched, then rambled until the budget ran out: no answer.
+    SEARCH_TURN + HAMLET_OBS + "<think> hmm": [Turn(SEARCH_TURN), Turn(RAMBLE)],
+    # F: no search and no answer.
+    "<think> hmm hmm": [Turn(RAMBLE)],
+}
+# Option -> the rewards of A, B, C, D (of E, F for Search-R1++) by its formula (docs/rewards.md).
 OPTIONS = {
     # Today's default, Search-R1's case analysis with format_score 0.2: right 1, right in a broken
     # format 1 - 0.2, wrong in a valid format 0.2, wrong in a broken format 0.
@@ -50,7 +62,11 @@ OPTIONS = {
     "action_penalties": ({"search_penalty": 0.1, "invalid_action_penalty": 0.05}, [0.9, 0.1, 0.0, 0.75]),
     # The judge knows "Shakespeare" is the gold answer: C is right in a broken format, 1 - 0.2.
     "judge": ({"reward": "judge"}, [1.0, 0.2, 0.8, 0.8]),
+    # Search-R1++'s F1+ on A, C, E, F: F1, 0.1 less without a search, 0.1 less without an answer.
+    "search_r1_pp": ({"reward": "f1", "format_score": 0, "no_search_penalty": 0.1, "no_answer_penalty": 0.1},
+                     [1.0, 2 / 3 - 0.1, -0.1, -0.2]),
 }
+SCRIPTS_OF = {"search_r1_pp": ACTION_SCRIPTS}
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
@@ -59,26 +75,32 @@ async def test_a_group_gets_each_options_rewards_and_slimes_log_carries_the_term
     from slime.utils.types import Sample
 
     settings, expected = OPTIONS[option]
+    scripts = SCRIPTS_OF.get(option, SCRIPTS)
     await world.serve([])
-    group = await FakeSGLangGroup(world.tokenizer, world.prompt_ids, list(SCRIPTS.values())).__aenter__()
+    group = await FakeSGLangGroup(world.tokenizer, world.prompt_ids, list(scripts.values())).__aenter__()
     judge = await FakeJudge({"William Shakespeare": ["shakespeare"]}).__aenter__()
     try:
         if option == "judge":
             settings = {**settings, "judge": {"url": judge.endpoint, "batch_wait": 0.01}}
         args = slime_args(world, search_r1=settings, sglang_router_port=group.port, n_samples_per_prompt=4)
-        samples = await rollout(args, [world.sample(Sample) for _ in SCRIPTS])
+        samples = await rollout(args, [world.sample(Sample) for _ in scripts])
     finally:
         await group.__aexit__(None, None, None)
         await judge.__aexit__(None, None, None)
 
-    by_response = {sample.response: sample for sample in samples}
-    assert list(by_response) != [] and set(by_response) == set(SCRIPTS)
-    rewards = [by_response[response].reward for response in SCRIPTS]
+    # Each script's sample: its response is the script's key (the start of it, for one cut short).
+    in_order = [next(s for s in samples if s.response.startswith(key)) for key in scripts]
+    assert len({id(sample) for sample in in_order}) == len(samples) == 4
+    rewards = [sample.reward for sample in in_order]
     assert rewards == pytest.approx(expected)
-    terms = [by_response[response].metadata["search_r1_reward"] for response in SCRIPTS]
+    terms = [sample.metadata["search_r1_reward"] for sample in in_order]
     assert [t["total"] for t in terms] == pytest.approx(expected)
-    assert [t["format_valid"] for t in terms] == [1.0, 1.0, 0.0, 0.0]
-    assert [t["retrieval_hit"] for t in terms] == [1.0, 1.0, 0.0, 0.0]
+    if scripts is SCRIPTS:
+        assert [t["format_valid"] for t in terms] == [1.0, 1.0, 0.0, 0.0]
+        assert [t["retrieval_hit"] for t in terms] == [1.0, 1.0, 0.0, 0.0]
+    else:
+        assert [(t["no_search_penalty"], t["no_answer_penalty"]) for t in terms] == [
+            (0.0, 0.0), (-0.1, 0.0), (0.0, -0.1), (-0.1, -0.1)]
     if option == "judge":
         assert [t["judge_unjudged"] for t in terms] == [0.0] * 4 and judge.requests
 
