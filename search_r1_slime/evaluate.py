@@ -56,6 +56,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from local_dense_retriever.cli import ArgumentParser, ExtraImports, check_model, check_output
+from search_r1_slime.http_client import one_line
 
 with ExtraImports("retriever") as RETRIEVER:
     import pyarrow as pa
@@ -398,7 +399,7 @@ def tokenizer_problem(hf_checkpoint: str, messages: list[dict[str, str]]) -> str
     try:
         tokenizer = load_tokenizer(hf_checkpoint)
     except (OSError, ValueError) as exc:
-        return f"cannot load the tokenizer of --hf-checkpoint {hf_checkpoint}: {_one_line(exc)}"
+        return f"cannot load the tokenizer of --hf-checkpoint {hf_checkpoint}: {one_line(exc)}"
     if not getattr(tokenizer, "chat_template", None):
         return (
             f"the tokenizer of --hf-checkpoint {hf_checkpoint} has no chat template, and every prompt is rendered "
@@ -407,12 +408,8 @@ def tokenizer_problem(hf_checkpoint: str, messages: list[dict[str, str]]) -> str
     try:
         tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:  # the template's own error (jinja2's, or transformers' ValueError): shown, not a traceback
-        return f"the chat template of --hf-checkpoint {hf_checkpoint} cannot render the prompts: {_one_line(exc)}"
+        return f"the chat template of --hf-checkpoint {hf_checkpoint} cannot render the prompts: {one_line(exc)}"
     return None
-
-
-def _one_line(text: str | None) -> str:
-    return " ".join(str(text).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -540,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [record for record in records if record["status"] == EvalSample.Status.FAILED.value]
     failure = (
         f"{len(failed)} of {len(records)} trajectories failed: SGLang could not generate them "
-        f"(first error: {_one_line(failed[0]['error'])}; each failed record's 'error' in {cli.output})"
+        f"(first error: {one_line(failed[0]['error'])}; each failed record's 'error' in {cli.output})"
         if failed else ""
     )
     if len(failed) == len(records):  # nothing was evaluated: a table of zeros would be a lie
@@ -582,10 +579,10 @@ def _report_web(cli: argparse.Namespace, rows: list[dict[str, Any]], records: li
     unjudged = sum(s.unjudged for s in scores.values())
     problems = []
     if failed:
-        problems.append(f"{len(failed)} of {len(records)} trajectories failed (first error: {_one_line(failed[0]['error'])})")
+        problems.append(f"{len(failed)} of {len(records)} trajectories failed (first error: {one_line(failed[0]['error'])})")
     if unjudged:
         first = next(r["judge_reason"] for r in records if r["correct"] is None)
-        problems.append(f"{unjudged} answers got no verdict from the judge (first reason: {_one_line(first)})")
+        problems.append(f"{unjudged} answers got no verdict from the judge (first reason: {one_line(first)})")
     for problem in problems:
         print(f"ERROR: {problem}; the table counts them as wrong.", file=sys.stderr)
     return 1 if problems else 0

@@ -365,6 +365,11 @@ async def _attempt(
         raise RequestFailed(f"response is not JSON ({exc}): {excerpt(body, redact)}", status=resp.status) from exc
 
 
+def one_line(text: object) -> str:
+    """``text`` (an exception, a stored reason) on one line, for a message that must stay one line."""
+    return " ".join(str(text).split())
+
+
 def excerpt(text: str, redact: Collection[str] = ()) -> str:
     """The start of an outside text (a response body), quoted, for a message: scrubbed whole, then cut."""
     return repr(scrub(text, redact)[:_BODY_EXCERPT_CHARS])

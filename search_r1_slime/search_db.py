@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from search_r1_slime.http_client import RequestFailed
+from search_r1_slime.http_client import RequestFailed, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -84,10 +84,6 @@ class DbStats:
     budget_refusals: int = 0
     run_paid: int = 0
     run_cost: float = 0.0
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # One SQLite thread per process, made after a fork as well (a thread does not survive one).
@@ -181,7 +177,7 @@ class SearchDb:
         try:
             return action()
         except sqlite3.DatabaseError as exc:  # not a database, corrupt, locked past busy_timeout, read-only...
-            reason = _one_line(exc)
+            reason = one_line(exc)
             damaged = "not a database" in reason or "malformed" in reason
             hint = " (not a SQLite database, or a damaged one: move it away or set another search_r1.search_db.path)" if damaged else ""
             raise SearchDbError(f"search database {self.path}: {reason}{hint}") from None
