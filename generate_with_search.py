@@ -508,17 +508,20 @@ async def _deep_round(
         if config["max_tool_calls"] is not None and metrics["tool_calls"] >= config["max_tool_calls"]:
             metrics["final_turn"] = metrics["final_turn"] or "tool_calls"
     notice = page_tool.FINAL_TURN_NOTICE if metrics["final_turn"] else ""
-    if limit <= 0:  # the model's own turn used the room above the reserve: no tool runs
-        if notice and room > 0:
-            ids, text, _ = fit_observation(tokenizer, "", notice, "", room)
-            _append(sample, args, ids, None, text, None)
+    head, tail = (INFORMATION_HEAD, notice + INFORMATION_TAIL) if action is not None else ("", notice)
+    frame = len(_encode_observation(tokenizer, head)) + len(_encode_observation(tokenizer, tail))
+    if notice:  # the model must read it, in a closed block (the format check): out of the reserve if need be
+        limit = min(room, max(limit, frame))
+    if limit <= 0:  # the budget is spent
         return
-    if action == "search":
-        head, body, tail = INFORMATION_HEAD, await _information_body(content, config, metrics), notice + INFORMATION_TAIL
-    elif tool:
-        head, body, tail = INFORMATION_HEAD, await page_tool.access_body(content, config, metrics), notice + INFORMATION_TAIL
+    if action is None:
+        body = INVALID_ACTION_MESSAGE
+    elif limit <= frame:  # not one token of a result would be shown: the tool is not run
+        body = ""
+    elif action == "search":
+        body = await _information_body(content, config, metrics)
     else:
-        head, body, tail = "", INVALID_ACTION_MESSAGE, notice
+        body = await page_tool.access_body(content, config, metrics)
     # A cut shortens the body: the notice and the closing tag stay.
     obs_ids, obs_text, cut = fit_observation(tokenizer, head, body, tail, limit)
     metrics["obs_truncated"] += int(cut)

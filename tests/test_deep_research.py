@@ -172,6 +172,36 @@ async def test_the_token_budget_bound_is_exact(world, slime, slack, rounds):
     assert sample.metadata["search_r1"]["final_turn"] == "tokens"
 
 
+# What the model reads after a search there is no room left to answer: the notice, in its block.
+NOTICE_OBS = INFORMATION_HEAD + FINAL_TURN_NOTICE + INFORMATION_TAIL
+
+
+@pytest.mark.parametrize("slime", REVISIONS, indirect=True)
+@pytest.mark.parametrize("above", [0, 1, "frame", "frame + 1"])
+async def test_a_search_with_no_room_above_the_reserve_is_not_run_and_the_notice_keeps_the_format(world, slime, above):
+    """The model's own search turn leaves ``above`` tokens above the reserve. Up to the notice's
+    block, no passage could be shown: the search is not sent, the block holds the notice (taken
+    out of the reserve) and a right answer keeps its full reward. One token more and it runs."""
+    from slime.utils.types import Sample
+
+    frame = len(world.ids(INFORMATION_HEAD)) + len(world.ids(FINAL_TURN_NOTICE + INFORMATION_TAIL))
+    tokens = {0: 0, 1: 1, "frame": frame, "frame + 1": frame + 1}[above]
+    await world.serve([Turn(SEARCH_TURN), Turn(ANSWER_TURN)])
+    reserve = frame + len(world.ids(ANSWER_TURN)) + 1  # an answer ending before the budget does: COMPLETED
+    args = slime_args(world, search_r1={"answer_reserve_tokens": reserve},
+                      rollout_max_response_len=len(world.ids(SEARCH_TURN)) + reserve + tokens)
+
+    (sample,) = await rollout(args, [world.sample(Sample)])
+
+    searched = above == "frame + 1"
+    assert len(world.retriever.requests) == int(searched)
+    assert sample.response.startswith(SEARCH_TURN + INFORMATION_HEAD) and sample.response.endswith(ANSWER_TURN)
+    if not searched:
+        assert sample.response == SEARCH_TURN + NOTICE_OBS + ANSWER_TURN
+    assert sample.status == Sample.Status.COMPLETED and sample.reward == 1.0
+    assert sample.metadata["search_r1"]["final_turn"] == "tokens"
+
+
 @pytest.mark.parametrize("slime", REVISIONS, indirect=True)
 async def test_a_40_turn_trajectory_keeps_routed_experts_and_top_p_spans_aligned(world, slime):
     from slime.utils.types import Sample
