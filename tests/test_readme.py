@@ -187,3 +187,47 @@ def test_configuration_tables_show_the_schemas_defaults():
         for keys, shown in rows:
             for key in re.findall(r"`([a-z_.]+)`", keys):
                 assert ast.literal_eval(shown) == defaults[key], f"{page.name}: {key} shown as {shown}, default {defaults[key]!r}"
+
+
+REWARD_PAGES = [*READMES, REPO / "docs" / "rewards.md", REPO / "docs" / "rewards_zh.md"]
+
+
+def reward_recipes(page: Path) -> dict[str, dict]:
+    """Each recipe row of ``page``'s tables: its name and the ``search_r1:`` settings it shows
+    (every backticked ``key: value`` of its second cell, the judge's URL filled in)."""
+    import yaml
+
+    recipes = {}
+    for name, cell in re.findall(r"^\| ([^|`]+?) \| ([^|]*`[a-z_]+: [^|]*) \|", text_of(page), re.MULTILINE):
+        settings = {}
+        for item in re.findall(r"`([a-z_]+: [^`]+)`", cell):
+            settings.update(yaml.safe_load(item.replace("...", "http://127.0.0.1:30000/v1/chat/completions")))
+        recipes[name] = settings
+    return recipes
+
+
+def text_of(page: Path) -> str:
+    return page.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("page", REWARD_PAGES, ids=lambda p: p.name)
+def test_every_reward_recipe_shown_is_a_configuration_the_plugin_takes(page):
+    from search_r1_slime.settings import SearchR1Config
+
+    recipes = reward_recipes(page)
+    assert len(recipes) >= 6, recipes
+    for name, settings in recipes.items():
+        SearchR1Config.checked(settings)  # one line per mistake if a recipe could not start
+    search_r1_pp = next(settings for name, settings in recipes.items() if "Search-R1++" in name)
+    assert search_r1_pp == {"reward": "f1", "format_score": 0, "no_search_penalty": 0.1, "no_answer_penalty": 0.1}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_the_readmes_reward_recipes_are_the_reward_pages(language):
+    from search_r1_slime.settings import SearchR1Config
+
+    suffix = "" if language == "en" else "_zh"
+    resolved = [{page: SearchR1Config.checked(settings).model_dump() for page, settings in reward_recipes(REPO / name).items()}
+                for name in (f"README{suffix}.md", f"docs/rewards{suffix}.md")]
+    readme, page = resolved
+    assert all(config in page.values() for config in readme.values())
