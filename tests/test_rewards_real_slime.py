@@ -118,3 +118,6 @@ async def test_a_group_gets_each_options_rewards_and_slimes_log_carries_the_term
     for name in terms[0]:
         assert ours[f"search_r1/reward/{name}"] == pytest.approx(np.mean([t[name] for t in terms])), name
     assert ours["search_r1/reward/total"] == pytest.approx(np.mean(expected))
+    if option == "search_r1_pp":  # half the group answered (docs/rewards.md: the penalty tracks answer_ratio)
+        assert ours["search_r1/answer_ratio"] == 0.5
+        assert ours["search_r1/reward/no_answer_penalty"] == pytest.approx(-0.1 * (1 - ours["search_r1/answer_ratio"]))
