@@ -574,28 +574,12 @@ else
    done
 fi
 
-# The applications `serve status` lists: RUNNING when all run; FAILED <why> when one failed;
-# otherwise WAITING <what>; NONE when there are none.
+# The applications `serve status` lists, on one line (local_dense_retriever/serve_status.py): RUNNING
+# when all run; FAILED <why> when one failed, with the exception its replicas raised; otherwise
+# WAITING <what>; NONE when there are none.
 serve_state() {
-   serve status --address "${RAY_JOB_ADDRESS}" | python3 -c '
-import sys, yaml
-apps = (yaml.safe_load(sys.stdin) or {}).get("applications") or {}
-failed, waiting = [], []
-for name, app in apps.items():
-    status, why = app.get("status"), " ".join(str(app.get("message") or "").split())[:2000]
-    if status in ("DEPLOY_FAILED", "UNHEALTHY"):
-        failed.append(f"{name}: {status}: {why}")
-    elif status != "RUNNING":
-        waiting.append(f"{name} {status}")
-if not apps:
-    print("NONE")
-elif failed:
-    print("FAILED", "; ".join(failed))
-elif waiting:
-    print("WAITING", ", ".join(waiting))
-else:
-    print("RUNNING", ", ".join(apps))
-'
+   serve status --address "${RAY_JOB_ADDRESS}" |
+      PYTHONPATH="${SCRIPT_DIR}${PYTHONPATH:+:${PYTHONPATH}}" python3 -m local_dense_retriever.serve_status
 }
 
 if [[ "${RETRIEVER}" == serve ]]; then

@@ -45,14 +45,19 @@ fi
 """
 
 # Ray Serve's CLI: records its calls beside ray's; `serve status` lists the applications deployed
-# (FAKE_SERVE_STATUS: the one the deployment reaches, RUNNING unless set; FAKE_SERVE_OTHER: an
-# application of somebody else's already there).
+# (FAKE_SERVE_STATUS: the one the deployment reaches, RUNNING unless set; FAKE_SERVE_STATUS_FILE:
+# what `serve status` prints once deployed, whole; FAKE_SERVE_OTHER: an application of somebody
+# else's already there).
 FAKE_SERVE = """#!/usr/bin/env bash
 printf 'serve %s\\n' "$*" >> "$RAY_CALLS"
 case "$1" in
    deploy) : > "$RAY_CALLS.deployed" ;;
    shutdown) rm -f "$RAY_CALLS.deployed" ;;
    status)
+      if [[ -f "$RAY_CALLS.deployed" && -n "${FAKE_SERVE_STATUS_FILE:-}" ]]; then
+         printf '%s\\n' "$(<"$FAKE_SERVE_STATUS_FILE")"
+         exit 0
+      fi
       echo "applications:"
       [[ -n "${FAKE_SERVE_OTHER:-}" ]] && printf '  other:\\n    status: RUNNING\\n'
       if [[ -f "$RAY_CALLS.deployed" ]]; then
@@ -733,13 +738,44 @@ def test_serve_is_deployed_before_the_job_and_removed_after_it(world):
     assert not _port_open(port), "the Ray head the script started is still running"
 
 
-def test_serve_that_fails_to_start_stops_the_launch_and_is_removed(world):
+# What Ray Serve 2.60's `serve status` says of an application whose replica cannot load its index
+# (its shape; tests/test_retrieval_serve.py reads the real one from a real cluster): the reason is
+# the deployment's, at the end of the constructor's traceback.
+SERVE_STATUS_INDEX_MISSING = {
+    "proxies": {"node-1": "HEALTHY"},
+    "applications": {"retrieval": {
+        "status": "DEPLOY_FAILED",
+        "message": "Failed to update the deployments ['Retriever'].",
+        "last_deployed_time_s": 1764800000.0,
+        "deployments": {"Retriever": {
+            "status": "DEPLOY_FAILED",
+            "status_trigger": "REPLICA_STARTUP_FAILED",
+            "replica_states": {},
+            "message": "The deployment failed to start 3 times in a row. This may be due to a problem with its "
+                       "constructor or initial health check failing. See controller logs for details. Error:\n"
+                       "ray::ServeReplica:retrieval:Retriever.initialize_and_get_metadata() (pid=5407)\n"
+                       "  File \"/root/local_dense_retriever/dense.py\", line 85, in read_index\n"
+                       "    raise FileNotFoundError(f\"index {path} does not exist; pass a FAISS index file\")\n"
+                       "FileNotFoundError: index /data/e5_Flat.index does not exist; pass a FAISS index file\n",
+        }},
+    }},
+    "target_capacity": None,
+}
+
+
+def test_serve_that_fails_to_start_stops_the_launch_and_is_removed(world, tmp_path):
+    import yaml
+
     _, env = world
-    why = "FileNotFoundError: index /data/e5_Flat.index does not exist; pass a FAISS index file"
-    result = run(env, RETRIEVER="serve", FAKE_SERVE_STATUS="DEPLOY_FAILED", FAKE_SERVE_MESSAGE=why)
+    status = tmp_path / "serve_status.yaml"
+    status.write_text(yaml.safe_dump(SERVE_STATUS_INDEX_MISSING))
+    result = run(env, RETRIEVER="serve", FAKE_SERVE_STATUS_FILE=str(status))
 
     assert result.returncode == 1
-    assert f"ERROR: the retrieval server failed to start: retrieval: DEPLOY_FAILED: {why}" in result.stderr.splitlines()
+    assert "ERROR: the retrieval server failed to start: retrieval: DEPLOY_FAILED: Retriever: The deployment failed to " \
+           "start 3 times in a row. This may be due to a problem with its constructor or initial health check failing. " \
+           "See controller logs for details. Error: [...] FileNotFoundError: index /data/e5_Flat.index does not exist; " \
+           "pass a FAISS index file" in result.stderr.splitlines()
     calls = ray_calls(env)
     assert not any(call.startswith("job submit") for call in calls)
     assert calls[-1].startswith("serve shutdown")
@@ -789,3 +825,35 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@pytest.mark.parametrize(
+    "status, line",
+    [
+        (None, "NONE"),
+        ({"applications": {}}, "NONE"),
+        ({"applications": {"retrieval": {"status": "DEPLOYING", "deployments": {}}}}, "WAITING retrieval DEPLOYING"),
+        ({"applications": {"a": {"status": "RUNNING"}, "b": {"status": "RUNNING"}}}, "RUNNING a, b"),
+        # An application whose builder raised has no failed deployment: the application's reason.
+        ({"applications": {"retrieval": {"status": "DEPLOY_FAILED", "deployments": {},
+                                         "message": "Traceback (most recent call last):\n  File x\nValueError: args needs index_path\n"}}},
+         "FAILED retrieval: DEPLOY_FAILED: Traceback (most recent call last): [...] ValueError: args needs index_path"),
+        # One deployment failed: its reason, not the application's nor the running deployment's.
+        ({"applications": {"retrieval": {"status": "UNHEALTHY", "message": "The application is unhealthy.", "deployments": {
+            "Ingress": {"status": "HEALTHY", "message": ""},
+            "Retriever": {"status": "UNHEALTHY", "message": "A replica's health check failed."}}}}},
+         "FAILED retrieval: UNHEALTHY: Retriever: A replica's health check failed."),
+    ],
+)
+def test_serve_status_is_read_as_one_line(status, line):
+    from local_dense_retriever.serve_status import summary
+
+    assert summary(status) == line
+
+
+def test_a_reason_is_cut_at_its_bound():
+    from local_dense_retriever.serve_status import MAX_REASON_CHARS, reason
+
+    assert reason("x" * MAX_REASON_CHARS) == "x" * MAX_REASON_CHARS
+    assert reason("x" * (MAX_REASON_CHARS + 1)) == "x" * (MAX_REASON_CHARS - 3) + "..."
+    assert reason("  first\n\n middle \n  last  \n") == "first [...] last" and reason(None) == ""

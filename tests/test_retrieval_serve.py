@@ -205,6 +205,33 @@ async def test_a_replica_killed_under_grpo_load_is_replaced_and_no_search_is_los
     assert sum(pss for _, pss in index_pages.values()) <= file_bytes, index_pages
 
 
+def test_a_replica_that_cannot_load_its_index_fails_the_deploy_with_the_reason_the_launch_script_shows(config, cluster, tmp_path):
+    """Serve tries the constructor 3 times (one replica), then reports DEPLOY_FAILED; the reason is
+    the deployment's, at the end of a traceback: what the launch script prints is its last line."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    import yaml
+    from ray.serve.scripts import process_dict_for_yaml_dump
+
+    missing = tmp_path / "nowhere" / "e5_Flat.index"
+    broken = RetrievalDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 1})
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application broken failed"):
+            serve.run(broken.bind(server_config(config_args(dataclasses.replace(config, index_path=str(missing))))),
+                      name="broken", route_prefix="/broken")
+        # What `serve status` prints (ray/serve/scripts.py: the same status, dumped the same way).
+        printed = yaml.dump(process_dict_for_yaml_dump(dataclasses.asdict(serve.status())), default_flow_style=False)
+    finally:
+        serve.delete("broken")
+    line = subprocess.run([sys.executable, "-m", "local_dense_retriever.serve_status"], input=printed, text=True,
+                          capture_output=True, check=True, cwd=REPO).stdout
+    assert line.startswith("FAILED broken: DEPLOY_FAILED: Retriever: The deployment failed to start 3 times in a row.")
+    assert line.endswith(f" [...] FileNotFoundError: index {missing} does not exist; pass a FAISS index file\n")
+    assert line.count("\n") == 1
+
+
 def _pages(size: int) -> int:
     page = os.sysconf("SC_PAGE_SIZE")
     return -(-size // page) * page
