@@ -16,6 +16,7 @@ headline and the traceback's last line, the exception the replica raised (for a 
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
@@ -59,9 +60,22 @@ def summary(status: dict[str, Any] | None) -> str:
     return "RUNNING " + ", ".join(applications)
 
 
-def main() -> None:
-    print(summary(yaml.safe_load(sys.stdin)))
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_dense_retriever.serve_status",
+                                     description="Read `serve status` on standard input; print one line on its applications.")
+    parser.parse_args(argv)
+    text = sys.stdin.read()
+    try:
+        status = yaml.safe_load(text)
+    except yaml.YAMLError:
+        status = None
+    # `serve status` always prints its status's fields, "applications" among them (possibly empty).
+    if text.strip() and not (isinstance(status, dict) and "applications" in status):
+        print(f"serve status printed no status: {reason(text)!r}", file=sys.stderr)
+        return 1
+    print(summary(status))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -857,3 +857,15 @@ def test_a_reason_is_cut_at_its_bound():
     assert reason("x" * MAX_REASON_CHARS) == "x" * MAX_REASON_CHARS
     assert reason("x" * (MAX_REASON_CHARS + 1)) == "x" * (MAX_REASON_CHARS - 3) + "..."
     assert reason("  first\n\n middle \n  last  \n") == "first [...] last" and reason(None) == ""
+
+
+def test_serve_status_reader_answers_help_and_refuses_what_is_no_status_in_one_line():
+    command = [sys.executable, "-m", "local_dense_retriever.serve_status"]
+    help_ = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert help_.returncode == 0 and "serve status" in help_.stdout
+    for printed in ("Error: could not connect to the dashboard at 127.0.0.1:8265\n", "- a\n- list\n", "{unclosed: [\n"):
+        result = subprocess.run(command, input=printed, capture_output=True, text=True, cwd=REPO, timeout=30)
+        assert (result.returncode, result.stdout) == (1, "") and len(result.stderr.splitlines()) == 1, printed
+        assert result.stderr.startswith("serve status printed no status: ")
+    empty = subprocess.run(command, input="", capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert (empty.returncode, empty.stdout) == (0, "NONE\n")

@@ -213,7 +213,7 @@ def test_a_replica_that_cannot_load_its_index_fails_the_deploy_with_the_reason_t
     import sys
 
     import yaml
-    from ray.serve.scripts import process_dict_for_yaml_dump
+    from ray.serve.scripts import ServeDeploySchemaDumper, process_dict_for_yaml_dump
 
     missing = tmp_path / "nowhere" / "e5_Flat.index"
     broken = RetrievalDeployment.options(num_replicas=1, ray_actor_options={"num_cpus": 1})
@@ -222,7 +222,8 @@ def test_a_replica_that_cannot_load_its_index_fails_the_deploy_with_the_reason_t
             serve.run(broken.bind(server_config(config_args(dataclasses.replace(config, index_path=str(missing))))),
                       name="broken", route_prefix="/broken")
         # What `serve status` prints (ray/serve/scripts.py: the same status, dumped the same way).
-        printed = yaml.dump(process_dict_for_yaml_dump(dataclasses.asdict(serve.status())), default_flow_style=False)
+        printed = yaml.dump(process_dict_for_yaml_dump(dataclasses.asdict(serve.status())), Dumper=ServeDeploySchemaDumper,
+                            default_flow_style=False, sort_keys=False)
     finally:
         serve.delete("broken")
     line = subprocess.run([sys.executable, "-m", "local_dense_retriever.serve_status"], input=printed, text=True,
