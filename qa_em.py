@@ -135,6 +135,11 @@ def extract_information_blocks(text: str) -> list[str]:
     return [block.strip() for block in _INFORMATION.findall(text)]
 
 
+def without_information_blocks(text: str) -> str:
+    """``text`` with every ``<information>...</information>`` block removed: what the model wrote."""
+    return _INFORMATION.sub("", text)
+
+
 def is_retrieval_correct(text: str, golden_answers: str | Iterable[str]) -> bool:
     """Whether a normalised gold answer is contained in a normalised ``<information>`` block."""
     blocks = [normalize_answer(block) for block in extract_information_blocks(text)]

@@ -28,9 +28,10 @@ these options existed.
 
 What is read: the response (after the prompt's trailing thinking block, as ``reward_func``
 passes it), the gold answers, and the trajectory's counts from ``generate_with_search`` (without
-them, what the response shows). The answer is the last ``<answer>`` of the response only when a model turn answered: the invalid-action
-message the model was shown holds ``<answer> and </answer>``, which Search-R1's extraction reads
-as the answer "and" (harmless for EM, partial credit under F1 for a gold answer with "and" in it).
+them, what the response shows). The answer is the last ``<answer>`` of the response only when a
+model turn answered: the invalid-action message the model was shown holds ``<answer> and
+</answer>``, which Search-R1's extraction reads as the answer "and" (harmless for EM, partial
+credit under F1 for a gold answer with "and" in it).
 """
 
 from __future__ import annotations
@@ -40,12 +41,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from qa_em import em_check, extract_solution, f1_score, is_retrieval_correct, is_valid_sequence, search_r1_case_score, subem_check
+from qa_em import (
+    em_check,
+    extract_solution,
+    f1_score,
+    is_retrieval_correct,
+    is_valid_sequence,
+    search_r1_case_score,
+    subem_check,
+    without_information_blocks,
+)
 from search_r1_slime.judge import judge_answer
 
 RULE_SCORES = {"em": em_check, "subem": subem_check, "f1": f1_score}
 _SEARCH = re.compile(r"<search>.*?</search>", re.DOTALL)
-_INFORMATION = re.compile(r"<information>.*?</information>", re.DOTALL)
 # The question of a Search-R1 prompt (``prepare_data.make_prompt``): after its last "Question:",
 # to the end of that line or the chat template's next special token.
 _QUESTION = re.compile(r"Question:\s*(.*?)\s*(?:\n|<\||$)")
@@ -83,7 +92,7 @@ def searches_written(response: str) -> int:
     observations and the invalid-action message (which names "<search> and </search>" to the model)."""
     from generate_with_search import INVALID_ACTION_MESSAGE
 
-    return len(_SEARCH.findall(_INFORMATION.sub("", response.replace(INVALID_ACTION_MESSAGE, ""))))
+    return len(_SEARCH.findall(without_information_blocks(response.replace(INVALID_ACTION_MESSAGE, ""))))
 
 
 async def score(
@@ -100,8 +109,9 @@ async def score(
 
     ``answered``: whether a model turn gave an answer (``generate_with_search``'s count; None: take
     the response's last ``<answer>`` as Search-R1 does). ``searches``: the search actions the model
-    wrote (None: the ``<search>`` blocks of the response); ``invalid_actions``: its turns without a search or answer (Search-R1's actions that are not
-    valid actions). ``question``: what the judge is told was asked.
+    wrote (None: the ``<search>`` blocks of the response); ``invalid_actions``: its turns without a
+    search or answer (Search-R1's actions that are not valid actions). ``question``: what the
+    judge is told was asked.
     """
     valid, _ = is_valid_sequence(response)
     answer = extract_solution(response) if answered is not False else None
