@@ -198,16 +198,12 @@ def reward_recipes(page: Path) -> dict[str, dict]:
     import yaml
 
     recipes = {}
-    for name, cell in re.findall(r"^\| ([^|`]+?) \| ([^|]*`[a-z_]+: [^|]*) \|", text_of(page), re.MULTILINE):
+    for name, cell in re.findall(r"^\| ([^|`]+?) \| ([^|]*`[a-z_]+: [^|]*) \|", page.read_text(encoding="utf-8"), re.MULTILINE):
         settings = {}
         for item in re.findall(r"`([a-z_]+: [^`]+)`", cell):
             settings.update(yaml.safe_load(item.replace("...", "http://127.0.0.1:30000/v1/chat/completions")))
         recipes[name] = settings
     return recipes
-
-
-def text_of(page: Path) -> str:
-    return page.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("page", REWARD_PAGES, ids=lambda p: p.name)
