@@ -36,6 +36,17 @@
 # stops exactly that head (and the SGLang engines under it) when it exits, however it exits.
 set -euo pipefail
 
+# Every setting is an environment variable (above): an argument is a request for them, or a mistake.
+if (( $# )); then
+   if [[ $# == 1 && ( "$1" == --help || "$1" == -h ) ]]; then
+      sed -n '2,/^set -euo pipefail$/{/^set -euo pipefail$/d;s/^# \{0,1\}//;p;}' "${BASH_SOURCE[0]}"
+      exit 0
+   fi
+   echo "ERROR: run_qwen2.5_3B.sh takes no arguments, got: $*; every setting is an environment variable" \
+      "(bash run_qwen2.5_3B.sh --help lists them), e.g. DRY_RUN=1 bash run_qwen2.5_3B.sh" >&2
+   exit 2
+fi
+
 SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
 
 SLIME_DIR="${SLIME_DIR:-/root/slime}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import importlib
 import json
+import re
 import shlex
 import os
 import shutil
@@ -151,7 +152,7 @@ def world(tmp_path: Path, http_server):
     # A PATH with only what the script needs, so a real `ray` on the host can never be reached.
     tools = tmp_path / "tools"
     tools.mkdir()
-    for name in ("bash", "dirname", "mktemp", "rm", "setsid", "sleep"):
+    for name in ("bash", "dirname", "mktemp", "rm", "sed", "setsid", "sleep"):
         (tools / name).symlink_to(shutil.which(name))
     # A wrapper, not a link: a Python started through a link outside its venv does not find the
     # venv's pyvenv.cfg and runs without the venv's packages.
@@ -869,3 +870,30 @@ def test_serve_status_reader_answers_help_and_refuses_what_is_no_status_in_one_l
         assert result.stderr.startswith("serve status printed no status: ")
     empty = subprocess.run(command, input="", capture_output=True, text=True, cwd=REPO, timeout=30)
     assert (empty.returncode, empty.stdout) == (0, "NONE\n")
+
+
+def test_help_lists_every_variable_and_starts_nothing(world):
+    _, env = world
+    result = subprocess.run(["bash", str(SCRIPT), "--help"], env=env, capture_output=True, text=True, timeout=60)
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("GRPO training of Qwen2.5-3B with the Search-R1 rollout plugin")
+    # The settings: each variable the script gives a default the environment can override.
+    variables = re.findall(r'^([A-Z0-9_]+)="\$\{\1:-', SCRIPT.read_text(), re.MULTILINE)
+    assert len(variables) >= 15
+    listed = re.findall(r"^  ([A-Z0-9_]+(?:, [A-Z0-9_]+)*) ", result.stdout, re.MULTILINE)
+    assert set(variables) <= {name for names in listed for name in names.split(", ")}
+    assert "set -euo pipefail" not in result.stdout and ray_calls(env) == []
+
+
+@pytest.mark.parametrize("argv", [["--max-turns", "5"], ["-h", "extra"], ["my_run.yaml"]])
+def test_an_argument_is_refused_in_one_line_because_every_setting_is_a_variable(world, argv):
+    _, env = world
+    result = subprocess.run(["bash", str(SCRIPT), *argv], env={**env, "DRY_RUN": "1"}, capture_output=True, text=True, timeout=60)
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        f"ERROR: run_qwen2.5_3B.sh takes no arguments, got: {' '.join(argv)}; every setting is an environment "
+        "variable (bash run_qwen2.5_3B.sh --help lists them), e.g. DRY_RUN=1 bash run_qwen2.5_3B.sh"
+    ]
+    assert ray_calls(env) == []
