@@ -2,7 +2,7 @@
 same retriever, in as many Ray actors ("replicas") as the Serve config asks for.
 
     serve run serve_retrieval.yaml          (one command, in the foreground)
-    serve deploy serve_retrieval.yaml       (into a running Ray cluster; run_qwen2.5_3B.sh RETRIEVER=serve)
+    serve deploy serve_retrieval.yaml       (into a running Ray cluster; RETRIEVER=serve bash run_qwen2.5_3B.sh)
 
 ``build(args)`` is the application builder the YAML's ``import_path`` names; ``args`` are the
 server's settings under the names of ``retrieval_server.py``'s flags (``index_path``,

@@ -1,5 +1,5 @@
 """One line on the Serve applications of a Ray cluster, read from ``serve status``, for the launch
-script's wait (``run_qwen2.5_3B.sh RETRIEVER=serve``):
+script's wait (``RETRIEVER=serve bash run_qwen2.5_3B.sh``):
 
     serve status --address http://127.0.0.1:8265 | python -m local_dense_retriever.serve_status
 

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--config-only", action="store_true",
-        help="check the configuration but not the retrieval servers (they start later: run_qwen2.5_3B.sh RETRIEVER=serve)",
+        help="check the configuration but not the retrieval servers (they start later: RETRIEVER=serve bash run_qwen2.5_3B.sh)",
     )
     parser.add_argument(
         "--use-wandb", action="store_true", help="the run logs to W&B (slime's --use-wandb; use_wandb in the YAML counts too): refuse keys written in the YAML"
