@@ -164,14 +164,35 @@ class SearchDb:
     def _open(self) -> sqlite3.Connection:
         # Autocommit (isolation_level=None): every statement is its own transaction unless BEGIN opens one.
         connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")  # the first read of the file: a non-database fails here
+        self._turn_to_wal(connection)  # the first read of the file: a non-database fails here
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL: durable at checkpoints, never corrupt
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise SearchDbError(f"search database {self.path} has schema version {version}, this plugin reads {SCHEMA_VERSION}")
-        connection.executescript(_SCHEMA)
-        connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+        def create() -> None:  # in one write transaction: processes opening a new file together create it once
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise SearchDbError(f"search database {self.path} has schema version {version}, this plugin reads {SCHEMA_VERSION}")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+        self._in_transaction(connection, create)
         return connection
+
+    def _turn_to_wal(self, connection: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode=WAL``, retried until ``busy_timeout``: the change needs the file's
+        exclusive lock, and while another connection writes (or changes it too) SQLite answers
+        "locked" at once instead of waiting, to avoid a deadlock
+        (https://www.sqlite.org/c3ref/busy_handler.html). A file already in WAL mode never waits here."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def _guard(self, action: Callable[[], Any]) -> Any:
         try:

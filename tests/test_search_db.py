@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import shutil
 import sqlite3
+import threading
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -205,6 +206,41 @@ def test_eight_processes_recording_at_once_lose_no_row_and_corrupt_nothing(tmp_p
     assert len({pid for _, _, pid in rows}) == 8
 
 
+def _writer_mid_transaction(path: Path) -> sqlite3.Connection:
+    """Another process's connection to a file not yet in WAL mode, holding its write lock."""
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (x)")
+    writer.execute("BEGIN")
+    writer.execute("INSERT INTO other VALUES (1)")
+    return writer
+
+
+def test_opening_waits_for_a_writer_that_holds_the_file_instead_of_failing_at_once(tmp_path):
+    # Turning the file to WAL needs its exclusive lock; while a writer holds it, SQLite answers
+    # "locked" at once, without waiting busy_timeout (CI saw it with eight processes opening together).
+    path = tmp_path / "searches.sqlite"
+    writer = _writer_mid_transaction(path)
+    committed = threading.Timer(0.5, writer.execute, ("COMMIT",))
+    committed.start()
+    db = SearchDb(path, busy_timeout=30)
+    assert db.claim("run-a", 10) == (True, 1)
+    assert not writer.in_transaction  # it did wait for the writer
+    committed.join()
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert connection.execute("SELECT x FROM other").fetchall() == [(1,)]
+
+
+def test_a_writer_holding_the_file_past_busy_timeout_is_one_line(tmp_path):
+    path = tmp_path / "searches.sqlite"
+    writer = _writer_mid_transaction(path)
+    with pytest.raises(SearchDbError) as raised:
+        SearchDb(path, busy_timeout=0.2).check()
+    assert str(raised.value) == f"search database {path}: database is locked"
+    assert writer.in_transaction  # gave up while the writer still held it
+    writer.execute("COMMIT")
+
+
 def test_the_budget_holds_exactly_across_processes_under_concurrent_load(tmp_path):
     db = tmp_path / "searches.sqlite"
     taken = multiprocessing.get_context("spawn").Value("i", 0)
@@ -302,6 +338,18 @@ def test_a_corrupt_or_missing_database_is_one_line(tmp_path):
         SearchDb(tmp_path / "nowhere" / "x.sqlite")
     with pytest.raises(ConfigError, match=r"^search_r1.search_db.path must name the SQLite file that replay and max_paid_requests use"):
         resolve_config(SimpleNamespace(search_r1={"search_db": {"replay": "strict"}}))
+
+
+def test_a_database_of_another_schema_version_is_refused_and_left_as_it_was(tmp_path):
+    path = tmp_path / "searches.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("PRAGMA user_version=7")
+    with pytest.raises(SearchDbError) as raised:
+        SearchDb(path).check()
+    assert str(raised.value) == f"search database {path} has schema version 7, this plugin reads 1"
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone() == (7,)
+        assert connection.execute("SELECT name FROM sqlite_master").fetchall() == []  # no table created
 
 
 @pytest.mark.parametrize("make", ["corrupt", "missing"])
