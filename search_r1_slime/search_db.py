@@ -48,15 +48,16 @@ logger = logging.getLogger(__name__)
 _ROWS_PER_STATEMENT = 500
 # PRAGMA user_version of a database this module made; another value is refused, not misread.
 SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS searches (
-    id INTEGER PRIMARY KEY, run TEXT NOT NULL, at REAL NOT NULL, backend TEXT NOT NULL, query TEXT NOT NULL,
-    top_k INTEGER NOT NULL, fingerprint TEXT, results TEXT NOT NULL, seconds REAL, pid INTEGER
-);
-CREATE INDEX IF NOT EXISTS searches_by_key ON searches (backend, query, top_k);
-CREATE TABLE IF NOT EXISTS paid_cache (key TEXT PRIMARY KEY, results TEXT NOT NULL, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS paid_requests (run TEXT PRIMARY KEY, count INTEGER NOT NULL);
-"""
+# One statement each: they run inside a transaction, where sqlite3's executescript cannot (it commits first).
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS searches (
+        id INTEGER PRIMARY KEY, run TEXT NOT NULL, at REAL NOT NULL, backend TEXT NOT NULL, query TEXT NOT NULL,
+        top_k INTEGER NOT NULL, fingerprint TEXT, results TEXT NOT NULL, seconds REAL, pid INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS searches_by_key ON searches (backend, query, top_k)",
+    "CREATE TABLE IF NOT EXISTS paid_cache (key TEXT PRIMARY KEY, results TEXT NOT NULL, at REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS paid_requests (run TEXT PRIMARY KEY, count INTEGER NOT NULL)",
+)
 
 
 class SearchDbError(ValueError):
@@ -171,9 +172,8 @@ class SearchDb:
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, SCHEMA_VERSION):
                 raise SearchDbError(f"search database {self.path} has schema version {version}, this plugin reads {SCHEMA_VERSION}")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            for statement in _SCHEMA:
+                connection.execute(statement)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
         self._in_transaction(connection, create)
